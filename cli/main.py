@@ -86,6 +86,7 @@ def generate(
     out: Annotated[Path | None, typer.Option("--out", help=_h("out"), show_default=False)] = None,
     model: Annotated[str, typer.Option(help=_h("model"))] = GenerateConfig.model,
     revision: Annotated[str | None, typer.Option(help=_h("revision"))] = None,
+    lora: Annotated[str | None, typer.Option(help=_h("lora"), show_default=False)] = None,
     prompt: Annotated[
         list[str] | None, typer.Option("--prompt", help=_h("prompt"), show_default=False)
     ] = None,

@@ -36,6 +36,11 @@ class GenerateConfig:
         "(tiny-sd3 [default, flow matching], tiny-flux, tiny-sd15).",
     )
     revision: str | None = field(None, "Hub revision (branch, tag or commit) of --model.")
+    lora: str | None = field(
+        None,
+        "A LoRA folder saved by prefkit train (OUT/lora or OUT/checkpoint-N) applied to --model: the "
+        "trajectories and their log-probs are then the tuned policy's.",
+    )
     prompt: list[str] = field(help="A prompt; repeat the flag for several.", default_factory=list)
     prompts: str | None = field(
         None, "A prompt file (UTF-8, one prompt a line, blank lines ignored) or a built-in list: animals."
@@ -81,6 +86,7 @@ class GenerateConfig:
 GENERATE_IDENTITY_KEYS = (
     "model",
     "revision",
+    "lora",
     "prompt",
     "prompts",
     "samples_per_prompt",

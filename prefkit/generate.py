@@ -136,7 +136,7 @@ def setup(cfg: GenerateConfig, device) -> Setup:
     validate_numbers(cfg)
     prompts = resolve_prompts(cfg.prompt, cfg.prompts)
     dtype_name = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
-    pipe = load_pipeline(cfg.model, cfg.revision, DTYPES[dtype_name], device)
+    pipe = load_pipeline(cfg.model, cfg.revision, DTYPES[dtype_name], device, lora=cfg.lora)
     family = family_of(pipe)
     noise_name, noise = resolve_sampler(cfg, family)
     dh, dw = family.default_size()
@@ -150,7 +150,10 @@ def setup(cfg: GenerateConfig, device) -> Setup:
         width=width,
         negative_prompt=cfg.negative_prompt,
     )
-    resolved = dataclasses.replace(cfg, height=height, width=width, dtype=dtype_name, **{noise_name: noise})
+    lora = str(Path(cfg.lora).expanduser().resolve()) if cfg.lora else None  # found from any directory
+    resolved = dataclasses.replace(
+        cfg, height=height, width=width, dtype=dtype_name, lora=lora, **{noise_name: noise}
+    )
     return Setup(resolved, pipe, family, settings, prompts, noise_name)
 
 

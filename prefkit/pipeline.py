@@ -63,10 +63,13 @@ def load_pipeline(
     dtype: torch.dtype = torch.float32,
     device="cpu",
     without_text_encoders: bool = False,
+    lora: str | None = None,
 ):
     """``DiffusionPipeline.from_pretrained(path_or_hub_id)``, with a clear error when it cannot load.
 
-    ``without_text_encoders`` loads no text encoder or tokenizer (training on stored prompt embeddings)."""
+    ``without_text_encoders`` loads no text encoder or tokenizer (training on stored prompt embeddings).
+    ``lora``: a folder saved by ``prefkit train`` (diffusers LoRA format), loaded with the pipeline's own
+    ``load_lora_weights`` (adapters are kept separate, not fused: the denoiser calls include them)."""
     quiet_libraries()
     from diffusers import DiffusionPipeline
 
@@ -90,9 +93,28 @@ def load_pipeline(
         pipe = DiffusionPipeline.from_pretrained(path, revision=revision, dtype=dtype, **skip)
     except Exception as exc:  # noqa: BLE001 - any loading failure is reported the same way
         raise PrefkitError(f"--model {model!r}: could not load the pipeline: {exc}") from exc
+    if lora is not None:
+        load_lora(pipe, lora)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def load_lora(pipe, lora: str | Path) -> None:
+    """Load a prefkit LoRA folder into ``pipe`` (checked: a clear error instead of a silent no-op)."""
+    folder = Path(lora).expanduser()
+    weights = folder / "pytorch_lora_weights.safetensors"
+    if not weights.is_file():
+        raise PrefkitError(
+            f"--lora {str(lora)!r}: no pytorch_lora_weights.safetensors in that folder; give the lora/ folder "
+            "that prefkit train wrote (OUT/lora, or a checkpoint: OUT/checkpoint-N)"
+        )
+    if not hasattr(pipe, "load_lora_weights"):
+        raise PrefkitError(f"--lora: {type(pipe).__name__} cannot load LoRA weights")
+    try:
+        pipe.load_lora_weights(str(folder))
+    except Exception as exc:  # noqa: BLE001 - a wrong-model LoRA fails in many ways
+        raise PrefkitError(f"--lora {str(lora)!r}: could not load it into --model: {exc}") from exc
 
 
 @dataclass
