@@ -182,7 +182,7 @@ class LabelConfig:
     dataset: str = field(None, "Dataset folder written by `prefkit generate`.")
     source: str = field(
         None,
-        "Where labels come from: human (import --input files), jpeg, aesthetic, pickscore, llava, "
+        "Where labels come from: human (import --input files), jpeg, shapes, aesthetic, pickscore, llava, "
         "or python:module:function (your scorer of (images, prompts) -> scores).",
     )
     input: list[str] = field(

@@ -56,7 +56,7 @@ class PairJudge(Protocol):
         None means no usable verdict (e.g. the two orders disagreed); details go into ``judge``."""
 
 
-AI_SOURCES = ("llava", "jpeg", "aesthetic", "pickscore")
+AI_SOURCES = ("llava", "jpeg", "aesthetic", "pickscore", "shapes")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -84,6 +84,10 @@ def make_judge(options: JudgeOptions) -> Scorer | PairJudge:
         from prefkit.judges.jpeg import JpegScorer
 
         return JpegScorer(options)
+    if src == "shapes":
+        from prefkit.judges.shapes import ShapesScorer
+
+        return ShapesScorer(options)
     if src in ("aesthetic", "pickscore"):
         from prefkit.judges import clip
 

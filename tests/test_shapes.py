@@ -1,0 +1,96 @@
+"""The coloured-shapes world: captions, drawing, reading pictures back, and the --source shapes judge."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from prefkit import shapes
+from prefkit.judges.shapes import ShapesScorer
+
+
+def test_caption_grammar_round_trip():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        position = str(rng.choice(shapes.POSITIONS)) if rng.random() < 0.5 else None
+        scene = shapes.random_scene(rng, position=position)
+        cap = shapes.caption(scene, say_size=bool(rng.random() < 0.5), position=position)
+        assert shapes.parse_caption(cap.text()) == cap
+    assert shapes.parse_caption("A Small RED circle on the left on a blue background.") == shapes.Caption(
+        "red", "circle", "blue", "small", "left"
+    )
+    for text in ("a photo of a cat", "a red hexagon on a blue background", "a red circle", ""):
+        assert shapes.parse_caption(text) is None
+
+
+def test_held_out_combinations_are_never_drawn_for_training():
+    rng = np.random.default_rng(1)
+    seen = {(s.colour, s.shape) for s in (shapes.random_scene(rng) for _ in range(2000))}
+    assert not seen & shapes.HELD_OUT
+    assert len(seen) == len(shapes.COLOURS) * len(shapes.SHAPES) - len(shapes.HELD_OUT)
+    held = {(s.colour, s.shape) for s in (shapes.random_scene(rng, held_out=True) for _ in range(200))}
+    assert held == set(shapes.HELD_OUT)
+
+
+def test_reads_back_every_attribute_of_drawn_pictures():
+    """Ground truth: on 400 drawn pictures (small shapes of 8 px included) every attribute is right."""
+    rng = np.random.default_rng(2)
+    wrong = []
+    for i in range(400):
+        position = shapes.POSITIONS[i % 4] if i % 3 == 0 else None
+        scene = shapes.random_scene(rng, held_out=i % 2 == 0, position=position)
+        request = shapes.caption(scene, say_size=True, position=position)
+        verdict = shapes.check(shapes.analyse(shapes.draw(scene)), request)
+        if not all(verdict.values()):
+            wrong.append((scene, verdict))
+    assert not wrong
+
+
+def test_score_hand_worked():
+    scene = shapes.Scene("red", "square", "blue", size=0.5, cx=0.5, cy=0.5)  # pixel-aligned: 16 px square
+    picture = shapes.draw(scene)
+    analysis = shapes.analyse(picture)
+    assert analysis.shape_iou["square"] == pytest.approx(1.0)
+    assert analysis.size == pytest.approx(0.5) and (analysis.cx, analysis.cy) == pytest.approx((0.5, 0.5))
+    assert shapes.score(analysis, shapes.parse_caption("a red square on a blue background")) == pytest.approx(
+        1.0
+    )
+    # asked for green: the colour term is 0.5 * 0 + 0.5 * (1 - |red - green| / 255), where
+    # |(220, 40, 40) - (40, 170, 60)| = sqrt(180^2 + 130^2 + 20^2) = sqrt(49700) = 222.935
+    colour_term = 0.5 * (1 - math.sqrt(49700) / 255)
+    expected = (1.0 + colour_term + 1.0) / 3  # background, colour, shape
+    assert expected == pytest.approx(0.687624, abs=1e-6)  # (2 + 0.0628726) / 3
+    got = shapes.score(analysis, shapes.parse_caption("a green square on a blue background"))
+    assert got == pytest.approx(expected)
+    # asked for "small": a 0.5 box misses the small band (0.25-0.34) by 0.16 -> 0.5 * 0 + 0.5 * (1 - 0.16 / 0.3)
+    size_term = 0.5 * (1 - (0.5 - 0.34) / 0.3)
+    got = shapes.score(analysis, shapes.parse_caption("a small red square on a blue background"))
+    assert got == pytest.approx((3.0 + size_term) / 4)
+
+
+def test_blank_picture_scores_background_only():
+    blank = np.zeros((32, 32, 3), np.uint8) + np.array(shapes.COLOURS["blue"], np.uint8)
+    analysis = shapes.analyse(blank)
+    assert analysis.colour is None and analysis.shape is None
+    request = shapes.parse_caption("a red circle on a blue background")
+    assert shapes.check(analysis, request) == {"colour": False, "shape": False, "background": True}
+    assert shapes.score(analysis, request) == pytest.approx(1 / 3)
+
+
+def test_scorer_ranks_the_right_picture_first_and_rejects_other_prompts():
+    from prefkit.errors import PrefkitError
+
+    judge = ShapesScorer()
+    prompt = "a large yellow triangle on a black background"
+    right = shapes.draw(shapes.Scene("yellow", "triangle", "black", 0.65, 0.5, 0.5))
+    wrong_shape = shapes.draw(shapes.Scene("yellow", "circle", "black", 0.65, 0.5, 0.5))
+    wrong_size = shapes.draw(shapes.Scene("yellow", "triangle", "black", 0.3, 0.5, 0.5))
+    a, b, c = judge.score([right, wrong_shape, wrong_size], [prompt] * 3)
+    assert a > b and a > c
+    assert judge.check([right], [prompt]) == [
+        {"colour": True, "shape": True, "background": True, "size": True}
+    ]
+    with pytest.raises(PrefkitError, match="a photo of a cat"):
+        judge.score([right], ["a photo of a cat"])
