@@ -94,3 +94,34 @@ def test_scorer_ranks_the_right_picture_first_and_rejects_other_prompts():
     ]
     with pytest.raises(PrefkitError, match="a photo of a cat"):
         judge.score([right], ["a photo of a cat"])
+
+
+def test_builtin_prompt_lists_follow_the_split():
+    """`--prompts shapes` (the README's training prompts) uses training combinations only;
+    `--prompts shapes-heldout` (evaluation) only combinations the model never saw."""
+    from prefkit.prompts import resolve_prompts
+
+    train = [shapes.parse_caption(p) for p in resolve_prompts(None, "shapes")]
+    held = [shapes.parse_caption(p) for p in resolve_prompts(None, "shapes-heldout")]
+    assert None not in train and None not in held
+    assert not {(c.colour, c.shape) for c in train} & shapes.HELD_OUT
+    assert {(c.colour, c.shape) for c in held} == set(shapes.HELD_OUT)
+
+
+def test_build_script_makes_a_loadable_model_and_a_report(tmp_path):
+    """The tiny-shapes build script end to end on a minute budget (a few steps of each phase): a plain
+    diffusers folder that DiffusionPipeline.from_pretrained loads, with the judge's report beside it."""
+    import json
+
+    from diffusers import DiffusionPipeline
+
+    from prefkit.models.shapes_model import BuildSettings, build
+
+    settings = BuildSettings(vae_steps=2, steps=2, scenes=64, batch=8, vae_batch=4, eval_samples=4)
+    report = build(tmp_path / "model", settings, log=lambda m: None)
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "model")
+    assert type(pipe).__name__ == "StableDiffusion3Pipeline"
+    assert pipe.vae.config.scaling_factor == pytest.approx(report["vae_scaling_factor"])
+    saved = json.loads((tmp_path / "model" / "build_report.json").read_text())
+    assert saved["settings"]["steps"] == 2 and 0.0 <= saved["held_out"]["colour_and_shape"] <= 1.0
+    assert not [p for p in tmp_path.iterdir() if p.name != "model"]  # no temporary folder left

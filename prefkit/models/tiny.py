@@ -35,6 +35,7 @@ __all__ = [
     "BUILTIN_MODELS",
     "CACHE_VERSION",
     "PROMPT_WORDS",
+    "TRAINED_MODELS",
     "build_tiny_flux",
     "build_tiny_sd3",
     "build_tiny_sd15",
@@ -144,21 +145,21 @@ def _clip_vocab_and_merges(
     return vocab, merges
 
 
-def _clip_tokenizer():
+def _clip_tokenizer(words: tuple[str, ...] = PROMPT_WORDS, max_length: int = _CLIP_MAX_LENGTH):
     from transformers import CLIPTokenizer
 
-    vocab, merges = _clip_vocab_and_merges()
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=_CLIP_MAX_LENGTH)
+    vocab, merges = _clip_vocab_and_merges(words)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
-def _t5_tokenizer():
+def _t5_tokenizer(words: tuple[str, ...] = PROMPT_WORDS, max_length: int = _T5_MAX_LENGTH):
     from transformers import T5Tokenizer
 
     # T5 layout: <pad>=0, </s>=1, <unk>=2, then pieces with log-prob scores (whole words beat characters).
     pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
-    pieces += [("▁" + w, -5.0) for w in PROMPT_WORDS]
+    pieces += [("▁" + w, -5.0) for w in words]
     pieces += [(c, -8.0) for c in _T5_CHARS]
-    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=_T5_MAX_LENGTH)
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=max_length)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -486,13 +487,33 @@ def _is_model_folder(path: Path) -> bool:
     return (path / "model_index.json").is_file()
 
 
+#: Built-in models with trained weights, committed under data/models (too slow to build on first use):
+#: name -> the command that rebuilds them.
+TRAINED_MODELS: dict[str, str] = {
+    "tiny-shapes": "python -m prefkit.models.shapes_model data/models/tiny-shapes --seed 0",
+}
+
+
 def resolve_builtin(name: str) -> str | None:
     """Local folder of a built-in tiny model, or None if ``name`` is not a built-in name.
+
+    ``tiny-shapes`` (the default model: trained to draw coloured shapes, prefkit.models.shapes_model) is
+    always the committed ``data/models/tiny-shapes``.
 
     ``tiny-sd3`` resolves to the committed ``data/models/tiny-sd3`` when present. Otherwise the model is
     built on first use into ``$PREFKIT_CACHE/models/<name>-v1`` (default cache ``~/.cache/prefkit``);
     concurrent first uses are safe (temp folder + rename; the first finished folder wins).
     """
+    if name in TRAINED_MODELS:
+        folder = _committed_folder(name)
+        if not _is_model_folder(folder):
+            from prefkit.errors import PrefkitError
+
+            raise PrefkitError(
+                f"--model {name}: the trained weights are missing from {folder}; restore them from the "
+                f"repository, or rebuild them (about 30 minutes on a CPU) with: {TRAINED_MODELS[name]}"
+            )
+        return str(folder)
     if name not in BUILTIN_MODELS:
         return None
     if name in _COMMITTED:
