@@ -131,9 +131,15 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     path = Path(path)
     if readonly and not path.is_file():
         raise PrefkitError(f"{path}: no such annotations database")
+    conn = None
     try:
         conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 30000")
+        # checked before anything is written: a database of something else is left as it is
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        info = dict(conn.execute("SELECT key, value FROM info").fetchall()) if "info" in tables else {}
+        if tables or readonly:
+            _check_info(path, info)
         if readonly:
             conn.execute("PRAGMA query_only = ON")
         else:
@@ -144,18 +150,26 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
                 )
             conn.execute("PRAGMA synchronous = FULL")
             conn.executescript(SCHEMA)
-        info = dict(conn.execute("SELECT key, value FROM info").fetchall())
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, PrefkitError) as exc:
+        if conn is not None:
+            conn.close()
+        if isinstance(exc, PrefkitError):
+            raise
         raise PrefkitError(
             f"{path}: not a prefkit annotations database ({exc}); move it away or choose another dataset"
         ) from None
+    return conn
+
+
+def _check_info(path: Path, info: dict[str, str]) -> None:
     if info.get("format") != FORMAT:
-        raise PrefkitError(f"{path}: not a prefkit annotations database (info.format {info.get('format')!r})")
+        raise PrefkitError(
+            f"{path}: not a prefkit annotations database (no info.format {FORMAT!r}); move it away"
+        )
     if info.get("version") != VERSION:
         raise PrefkitError(
             f"{path}: annotations database version {info.get('version')!r}; this prefkit reads {VERSION!r}"
         )
-    return conn
 
 
 def read_decisions(path: Path) -> list[Decision]:
