@@ -8,6 +8,7 @@ acknowledged, so stopping (or killing) the server loses nothing.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import itertools
 import os
@@ -106,23 +107,26 @@ def run_annotate(cfg: AnnotateConfig) -> dict[str, Any]:
     if missing:
         images.close()
         raise PrefkitError(f"{folder}: sample {missing[0]!r} has no png in its shard")
-    lock = _lock(folder)
+    lock = sock = store = None
     try:
+        lock = _lock(folder)
+        sock = _bind(cfg.host, cfg.port)  # before the database: a port in use leaves no file behind
+        port = sock.getsockname()[1]
+        url = _url(cfg.host, port, token)
         store = VoteStore(folder / DB_NAME, pairs, cfg.per_pair, cfg.lease)
-        try:
-            sock = _bind(cfg.host, cfg.port)
-            port = sock.getsockname()[1]
-            url = _url(cfg.host, port, token)
-            os.ftruncate(lock, 0)
-            os.pwrite(lock, f"{os.getpid()} {url.split('?')[0]}\n".encode(), 0)
-            _announce(cfg, folder, pairs, samples, url, port, token, store)
-            _serve(store, images, samples, sock, cfg.host, port, token)
-            return store.status()
-        finally:
-            store.close()
-            images.close()
+        os.ftruncate(lock, 0)
+        os.pwrite(lock, f"{os.getpid()} {url.split('?')[0]}\n".encode(), 0)
+        _announce(cfg, folder, pairs, samples, url, token, store)
+        _serve(store, images, samples, sock, cfg.host, port, token)
+        return store.status()
     finally:
-        os.close(lock)
+        if store is not None:
+            store.close()
+        if sock is not None:
+            sock.close()
+        if lock is not None:
+            os.close(lock)
+        images.close()
 
 
 def _lock(folder: Path) -> int:
@@ -176,7 +180,7 @@ def _url(host: str, port: int, token: str | None) -> str:
     return f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
 
 
-def _announce(cfg, folder, pairs, samples, url, port, token, store) -> None:
+def _announce(cfg, folder, pairs, samples, url, token, store) -> None:
     from rich.console import Console
     from rich.markup import escape
 
@@ -216,9 +220,6 @@ def _serve(store, images, samples, sock, host: str, port: int, token: str | None
         server_header=False,
     )
     server = uvicorn.Server(config)
-    try:
+    # uvicorn re-raises the Ctrl-C it handled once it has shut down: that is the normal way out
+    with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled, once it has shut down
-        pass
-    finally:
-        sock.close()
