@@ -189,6 +189,16 @@
     } catch (e) {
       localStorage.removeItem(PENDING_KEY); // refused (4xx): re-sending cannot help
       setStatus(`not saved: ${e.message}`, true);
+      if (e instanceof HttpError && e.status === 409) {
+        // decided already (e.g. in another tab): move on rather than stay on a pair that cannot be voted
+        try {
+          const res = await fetchNext([pair.pair_id]);
+          show(res.pair);
+          if (res.pair) prefetch();
+        } catch (e2) {
+          setStatus(`error: ${e2.message}`, true);
+        }
+      }
     } finally {
       state.busy = false;
       setButtons(!!state.current);
