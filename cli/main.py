@@ -185,16 +185,22 @@ def label(
     values["input"] = input or []
     cfg, meta = _run_stage(ctx, LabelConfig, config, values, "prefkit.label", "run_label")
     if not cfg.quiet:
-        c = meta["counts"]
-        ag = meta["agreement"]
-        extra = ""
-        if ag["percent_agreement"] is not None:
-            extra = f"; agreement {ag['percent_agreement']:.1%}, Krippendorff's alpha {ag['krippendorff_alpha']:.3f}"
-        typer.echo(
-            f"label set {meta['name']!r}: {c['pairs']} pairs ({c['decided']} decided, {c['ties']} ties, "
-            f"{c['unlabelled']} without verdict), {c['votes']} votes{extra} -> "
-            f"{Path(cfg.dataset) / 'labels' / (meta['name'] + '.jsonl')}"
+        _print_label_set(meta, cfg.dataset)
+
+
+def _print_label_set(meta: dict, dataset: str) -> None:
+    c = meta["counts"]
+    ag = meta["agreement"]
+    extra = ""
+    if ag["percent_agreement"] is not None:
+        extra = (
+            f"; agreement {ag['percent_agreement']:.1%}, Krippendorff's alpha {ag['krippendorff_alpha']:.3f}"
         )
+    typer.echo(
+        f"label set {meta['name']!r}: {c['pairs']} pairs ({c['decided']} decided, {c['ties']} ties, "
+        f"{c['unlabelled']} without verdict), {c['votes']} votes{extra} -> "
+        f"{Path(dataset) / 'labels' / (meta['name'] + '.jsonl')}"
+    )
 
 
 @app.command()
@@ -342,6 +348,46 @@ def version() -> None:
     from prefkit import __version__
 
     typer.echo(__version__)
+
+
+def _annotate_config():
+    from prefkit.config import AnnotateConfig
+
+    return AnnotateConfig
+
+
+def _a(name: str) -> str:
+    return _h(name, _annotate_config())
+
+
+@app.command()
+def annotate(
+    ctx: typer.Context,
+    dataset: Annotated[str, typer.Argument(help=_a("dataset"))],
+    host: Annotated[str, typer.Option("--host", help=_a("host"))] = _annotate_config().host,
+    port: Annotated[int, typer.Option("--port", help=_a("port"))] = _annotate_config().port,
+    per_pair: Annotated[int, typer.Option("--per-pair", help=_a("per_pair"))] = _annotate_config().per_pair,
+    token: Annotated[str | None, typer.Option("--token", help=_a("token"), show_default=False)] = None,
+    labels: Annotated[str | None, typer.Option("--labels", help=_a("labels"), show_default=False)] = None,
+    lease: Annotated[float, typer.Option("--lease", help=_a("lease"))] = _annotate_config().lease,
+    export: Annotated[str | None, typer.Option("--export", help=_a("export"), show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=_a("overwrite"))] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=_a("quiet"))] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="YAML/JSON file with the same keys as these flags; flags win."),
+    ] = None,
+) -> None:
+    """Serve a page where people label pairs (keys 1 / 2 / 3 tie / s skip / u undo); votes go to
+    DATASET/annotations.sqlite. --export NAME writes them as a label set."""
+    values = {k: v for k, v in locals().items() if k in _annotate_config().__dataclass_fields__}
+    cfg, result = _run_stage(
+        ctx, _annotate_config(), config, values, "prefkit.annotate.serve", "run_annotate"
+    )
+    if cfg.export is not None and not cfg.quiet:
+        _print_label_set(result, cfg.dataset)
+    elif cfg.export is None:
+        typer.echo(f"stopped: {result['votes']} votes from {result['annotators']} annotator(s) saved")
 
 
 def _publish_config():

@@ -182,8 +182,8 @@ class LabelConfig:
     dataset: str = field(None, "Dataset folder written by `prefkit generate`.")
     source: str = field(
         None,
-        "Where labels come from: human (import --input files), jpeg, shapes, aesthetic, pickscore, llava, "
-        "or python:module:function (your scorer of (images, prompts) -> scores).",
+        "Where labels come from: human (import --input files), annotate (the votes of `prefkit annotate`), "
+        "jpeg, shapes, aesthetic, pickscore, llava, or python:module:function (your scorer of (images, prompts) -> scores).",
     )
     input: list[str] = field(
         help="Human label file(s) to import; repeat for several (e.g. one per D3PO annotator).",
@@ -191,7 +191,8 @@ class LabelConfig:
     )
     format: str = field(
         "auto",
-        "Format of --input: auto (from extension and content), prefkit (JSONL), pickapic, d3po, csv, labelstudio.",
+        "Format of --input: auto (from extension and content), prefkit (JSONL), pickapic, d3po, csv, labelstudio, "
+        "annotate (an annotations.sqlite).",
     )
     name: str | None = field(
         None, "Label set name: labels/NAME.jsonl (default: the source, e.g. jpeg, llava, human)."
@@ -349,6 +350,42 @@ class PublishConfig:
         "Hub license id for the card (e.g. cc-by-4.0); default other: the images follow the model's license.",
     )
     quiet: bool = field(False, "No file listing.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class AnnotateConfig:
+    """Settings of ``prefkit annotate``: the labelling page, or (with ``export``) its votes as a label set."""
+
+    dataset: str = field(
+        None, "Dataset folder written by `prefkit generate`; votes go to DATASET/annotations.sqlite."
+    )
+    host: str = field(
+        "127.0.0.1",
+        "Address to listen on. Anything but a loopback address needs an access token (--token, or one is "
+        "generated and printed).",
+    )
+    port: int = field(8765, "TCP port (0: any free port; the address is printed).")
+    per_pair: int = field(1, "Different annotators who should vote on each pair.")
+    token: str | None = field(
+        None, "Access token checked on every request (default: none on loopback, generated otherwise)."
+    )
+    labels: str | None = field(
+        None,
+        "Annotate only the pairs of this label set (e.g. best-worst pairs of a judge); default: all pairs.",
+    )
+    lease: float = field(
+        300.0, "Seconds a pair handed to an annotator is held for them before others may get it."
+    )
+    export: str | None = field(
+        None,
+        "Write the votes as label set NAME (labels/NAME.jsonl, as `prefkit label --source annotate`) "
+        "instead of serving.",
+    )
+    overwrite: bool = field(False, "With --export: replace an existing label set of the same name.")
+    quiet: bool = field(False, "With --export: print nothing on success.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -34,9 +34,16 @@ Formats (``--format``):
     second / B -> key_1; tie / equal / same / both -> tie; case-insensitive) or a Pairwise result
     (``value.selected``: left / right).
 
+``annotate``
+    The SQLite database ``prefkit annotate`` writes (``DATASET/annotations.sqlite``; the default input of
+    ``prefkit label DATASET --source annotate``): one vote per row that is not undone, with its
+    annotator, time spent and time stamp. Skips are not votes (counted as ``skipped``), undone rows
+    neither (``undone``); ``chose_left`` / ``chose_right`` count decided votes by the side shown, a
+    measure of position bias. Read while the server runs, it gives the votes committed so far.
+
 ``auto`` (:func:`detect_format`) decides per file:
 
-* ``.csv`` -> csv; ``.parquet`` -> pickapic;
+* ``.csv`` -> csv; ``.parquet`` -> pickapic; ``.sqlite`` -> annotate;
 * ``.json``: a list whose dicts have ``annotations`` or ``data`` -> labelstudio; a list of lists ->
   d3po; a list of dicts (or one dict) with ``choice`` or ``votes`` -> prefkit; with ``label_0`` ->
   pickapic;
@@ -66,8 +73,8 @@ from prefkit.labels import (
     pairs_from_votes,
 )
 
-FORMATS = ("auto", "prefkit", "pickapic", "d3po", "csv", "labelstudio")
-VOTE_FORMATS = ("prefkit", "pickapic", "csv", "labelstudio")
+FORMATS = ("auto", "prefkit", "pickapic", "d3po", "csv", "labelstudio", "annotate")
+VOTE_FORMATS = ("prefkit", "pickapic", "csv", "labelstudio", "annotate")
 
 _CHOICE_WORDS = {
     "0": "0",
@@ -105,6 +112,8 @@ def detect_format(path: Path) -> str:
         return "csv"
     if suffix == ".parquet":
         return "pickapic"
+    if suffix == ".sqlite":
+        return "annotate"
     if suffix == ".json":
         data = _load_json(path)
         items = data if isinstance(data, list) else [data]
@@ -171,6 +180,7 @@ def read_votes(
             "pickapic": _read_pickapic,
             "csv": _read_csv,
             "labelstudio": _read_labelstudio,
+            "annotate": _read_annotate,
         }[f]
         votes.extend(reader(path, samples, counts))
     if not votes:
@@ -434,6 +444,29 @@ def _read_labelstudio(path: Path, samples: dict[str, SampleInfo], counts: dict[s
                 by = by.get("email") or by.get("id")
             rec = {"annotator": by, "lead_time_s": ann.get("lead_time"), "created_at": ann.get("created_at")}
             out.append(_vote(rec, where, key_0, key_1, choice))
+    return out
+
+
+def _read_annotate(path: Path, samples: dict[str, SampleInfo], counts: dict[str, int]) -> list[Vote]:
+    from prefkit.annotate.store import read_decisions
+
+    out = []
+    for key in ("undone", "chose_left", "chose_right"):
+        counts.setdefault(key, 0)
+    for d in read_decisions(path):
+        if d.undone_at is not None:
+            counts["undone"] += 1
+            continue
+        if d.choice == "skip":
+            counts["skipped"] += 1
+            continue
+        if d.choice != "tie":
+            winner = d.key_0 if d.choice == "0" else d.key_1
+            counts["chose_left" if winner == d.left_key else "chose_right"] += 1
+        lead = None if d.time_ms is None else d.time_ms / 1000
+        out.append(
+            Vote(d.key_0, d.key_1, d.choice, d.annotator, lead, d.created_at, f"{path}, vote {d.vote_id}")
+        )
     return out
 
 

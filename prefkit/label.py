@@ -27,7 +27,7 @@ from prefkit.labels import (
 )
 from prefkit.progress import progress
 
-HUMAN_FORMATS = ("prefkit", "pickapic", "d3po", "csv", "labelstudio")
+HUMAN_FORMATS = ("prefkit", "pickapic", "d3po", "csv", "labelstudio", "annotate")
 RULE_SOURCES = ("jpeg",)
 
 
@@ -87,13 +87,23 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
 def _import_human(cfg: LabelConfig, samples: dict[str, SampleInfo]) -> tuple[list[Pair], dict[str, Any]]:
     from prefkit.importers import detect_format, import_d3po, read_votes
 
-    if not cfg.input:
+    fmt = cfg.source if cfg.source in HUMAN_FORMATS else cfg.format
+    inputs = list(cfg.input)
+    if not inputs and fmt == "annotate":  # the votes of `prefkit annotate DATASET`
+        from prefkit.annotate.store import DB_NAME
+
+        db = Path(cfg.dataset).expanduser() / DB_NAME
+        if not db.is_file():
+            raise PrefkitError(
+                f"{db}: no annotations yet; start the page with `prefkit annotate {cfg.dataset}` and vote first"
+            )
+        inputs = [str(db)]
+    if not inputs:
         raise PrefkitError("human labels need --input FILE (repeat for several files)")
-    paths = [Path(p).expanduser() for p in cfg.input]
+    paths = [Path(p).expanduser() for p in inputs]
     for p in paths:
         if not p.is_file():
             raise PrefkitError(f"--input {p}: no such file")
-    fmt = cfg.source if cfg.source in HUMAN_FORMATS else cfg.format
     if fmt == "auto":
         found = {detect_format(p) for p in paths}
         if len(found) != 1:

@@ -1,0 +1,296 @@
+"""The annotation page's ASGI app (Starlette): the page, three JSON calls, the images, the access gate.
+
+Routes (every one behind :class:`AccessGate`)::
+
+    GET  /                      the page (static/index.html)
+    GET  /static/NAME           the page's script and style sheet: a fixed list of names, nothing else
+    GET  /image/KEY             a sample's PNG from its shard; KEY must be a key of the dataset, else 404
+    GET  /api/next?annotator=A[&exclude=PAIR_ID]...   the pair to show next (null when none is left)
+    POST /api/vote   {vote_id, annotator, left, right, choice: left|right|tie|skip, time_ms}
+    POST /api/undo   {annotator, vote_id}
+    GET  /api/status            counts
+
+Errors are JSON ``{"error": message}`` with a 4xx status, and change nothing. POST bodies must be JSON
+(``Content-Type: application/json``): a page of another site cannot send such a request without a CORS
+preflight, which this app never grants.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from prefkit.annotate.images import ImageIndex
+from prefkit.annotate.store import VOTE_ID, Conflict, NotFound, VoteStore
+from prefkit.labels import SampleInfo
+
+STATIC_DIR = Path(__file__).parent / "static"
+STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
+MAX_BODY = 16 * 1024  # bytes of a POST body
+MAX_NAME = 64
+MAX_TIME_MS = 24 * 3600 * 1000
+KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
+SIDES = ("left", "right", "tie", "skip")
+
+# the page loads its own script and style only; a prompt can never become markup, and if it somehow did,
+# inline script and foreign images would still be refused
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def error(message: str, status: int) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def load_static() -> dict[str, tuple[bytes, str]]:
+    """name -> (bytes, content type) of the page's files, read once at start-up."""
+    return {p.name: (p.read_bytes(), STATIC_TYPES[p.suffix]) for p in sorted(STATIC_DIR.iterdir())}
+
+
+def create_app(store: VoteStore, images: ImageIndex, samples: dict[str, SampleInfo]) -> Starlette:
+    static = load_static()
+
+    def pair_payload(pair, left: str | None) -> dict[str, Any] | None:
+        if pair is None:
+            return None
+        right = pair[1] if left == pair[0] else pair[0]
+        info = samples[pair[0]]
+        return {
+            "pair_id": f"{pair[0]}__{pair[1]}",
+            "group_id": info.group_id,
+            "prompt": info.prompt,
+            "left": left,
+            "right": right,
+            "left_url": f"/image/{left}",
+            "right_url": f"/image/{right}",
+        }
+
+    async def page(request: Request) -> Response:
+        body, ctype = static["index.html"]
+        return Response(body, media_type=ctype, headers=PAGE_HEADERS)
+
+    async def static_file(request: Request) -> Response:
+        found = static.get(request.path_params["name"])
+        if found is None or request.path_params["name"] == "index.html":
+            return error("not found", 404)
+        return Response(found[0], media_type=found[1], headers={**PAGE_HEADERS, "Cache-Control": "no-cache"})
+
+    async def image(request: Request) -> Response:
+        key = request.path_params["key"]
+        data = await run_in_threadpool(images.read, key) if KEY.fullmatch(key) else None
+        if data is None:
+            return error(f"no image {key!r} in this dataset", 404)
+        # shards are never rewritten: a key's image never changes
+        headers = {
+            "Cache-Control": "private, max-age=31536000, immutable",
+            "X-Content-Type-Options": "nosniff",
+        }
+        return Response(data, media_type="image/png", headers=headers)
+
+    async def next_pair(request: Request) -> Response:
+        try:
+            annotator = check_name(request.query_params.get("annotator"))
+            exclude = set()
+            for pid in request.query_params.getlist("exclude"):
+                k0, sep, k1 = pid.partition("__")
+                if not sep or not KEY.fullmatch(k0) or not KEY.fullmatch(k1):
+                    raise BadRequest(f"exclude {pid!r} is not a pair id (KEY0__KEY1)")
+                exclude.add((k0, k1))
+        except BadRequest as exc:
+            return error(str(exc), exc.status)
+        res = await run_in_threadpool(store.next_pair, annotator, exclude)
+        left = res.pop("left")
+        return api_json({**res, "pair": pair_payload(res["pair"], left)})
+
+    async def vote(request: Request) -> Response:
+        try:
+            body = await read_json(request)
+            fields = expect_fields(body, {"vote_id", "annotator", "left", "right", "choice", "time_ms"})
+            vote_id = check_vote_id(fields["vote_id"])
+            annotator = check_name(fields["annotator"])
+            left, right = (check_key(fields[n], n, samples) for n in ("left", "right"))
+            if left == right:
+                raise BadRequest(f"left and right are the same sample {left!r}", 422)
+            if samples[left].group_id != samples[right].group_id:
+                raise BadRequest(f"{left!r} and {right!r} come from different prompts: not a pair", 422)
+            side = fields["choice"]
+            if side not in SIDES:
+                raise BadRequest(f"choice {side!r} is not one of {', '.join(SIDES)}", 422)
+            time_ms = fields["time_ms"]
+            if time_ms is not None and (
+                isinstance(time_ms, bool) or not isinstance(time_ms, int) or not 0 <= time_ms <= MAX_TIME_MS
+            ):
+                raise BadRequest(f"time_ms {time_ms!r} is not a whole number of ms in 0..{MAX_TIME_MS}", 422)
+            ack = await run_in_threadpool(store.decide, vote_id, annotator, left, right, side, time_ms)
+        except BadRequest as exc:
+            return error(str(exc), exc.status)
+        except NotFound as exc:
+            return error(str(exc), 422)
+        except Conflict as exc:
+            return error(str(exc), 409)
+        return api_json(ack)
+
+    async def undo(request: Request) -> Response:
+        try:
+            body = await read_json(request)
+            fields = expect_fields(body, {"annotator", "vote_id"})
+            annotator = check_name(fields["annotator"])
+            vote_id = check_vote_id(fields["vote_id"])
+            res = await run_in_threadpool(store.undo, annotator, vote_id)
+        except BadRequest as exc:
+            return error(str(exc), exc.status)
+        except NotFound as exc:
+            return error(str(exc), 404)
+        left = res.pop("left")
+        return api_json({**res, "pair": pair_payload(res["pair"], left)})
+
+    async def status(request: Request) -> Response:
+        return api_json(await run_in_threadpool(store.status))
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return error("not found", 404)
+
+    async def not_allowed(request: Request, exc: Exception) -> Response:
+        return error(f"{request.method} is not allowed here", 405)
+
+    routes = [
+        Route("/", page, methods=["GET"]),
+        Route("/static/{name}", static_file, methods=["GET"]),
+        Route("/image/{key}", image, methods=["GET"]),
+        Route("/api/next", next_pair, methods=["GET"]),
+        Route("/api/vote", vote, methods=["POST"]),
+        Route("/api/undo", undo, methods=["POST"]),
+        Route("/api/status", status, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
+
+
+def api_json(data: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(data, headers={"Cache-Control": "no-store"})
+
+
+# -- request checks ---------------------------------------------------------------------------------------
+
+
+async def read_json(request: Request) -> Any:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise BadRequest(f"send JSON (Content-Type: application/json), not {ctype or 'nothing'!r}", 415)
+    size = 0
+    chunks = []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise BadRequest(f"request body over {MAX_BODY} bytes", 413)
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not JSON ({exc})") from None
+
+
+def expect_fields(body: Any, names: set[str]) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest(f"the body must be a JSON object with {', '.join(sorted(names))}")
+    missing = sorted(names - body.keys())
+    extra = sorted(body.keys() - names)
+    if missing or extra:
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+            [f"unexpected {', '.join(extra)}"] if extra else []
+        )
+        raise BadRequest(f"fields: {'; '.join(parts)}")
+    return body
+
+
+def check_name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest("annotator: give your name (1 to 64 characters)")
+    name = value.strip()
+    if len(name) > MAX_NAME or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise BadRequest(f"annotator: at most {MAX_NAME} printable characters")
+    return name
+
+
+def check_vote_id(value: Any) -> str:
+    if not isinstance(value, str) or not VOTE_ID.fullmatch(value):
+        raise BadRequest("vote_id: 8 to 64 characters of A-Z a-z 0-9 _ -", 422)
+    return value
+
+
+def check_key(value: Any, name: str, samples: dict[str, SampleInfo]) -> str:
+    if not isinstance(value, str) or value not in samples:
+        raise BadRequest(f"{name}: {value!r} is not a sample key of this dataset", 422)
+    return value
+
+
+# -- access ------------------------------------------------------------------------------------------------
+
+
+class AccessGate:
+    """ASGI middleware in front of every request.
+
+    ``token``: when set, each request must carry it: ``Authorization: Bearer TOKEN``, the cookie the page
+    gets, or ``?token=TOKEN`` (answered by a redirect that sets the cookie and drops the token from the
+    address). Missing: 401; wrong: 403. Compared in constant time.
+    ``hosts``: when set (a loopback bind without a token), the Host header must name one of them: a site
+    that points its own name at 127.0.0.1 (DNS rebinding) is refused.
+    """
+
+    def __init__(self, app, token: str | None, hosts: set[str] | None, cookie: str):
+        self.app = app
+        self.token = token.encode() if token else None
+        self.hosts = hosts
+        self.cookie = cookie
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.hosts is not None:
+            host = headers.get("host", "").rsplit(":", 1)[0].strip("[]").lower()
+            if host not in self.hosts:
+                return await error(
+                    f"Host {headers.get('host', '')!r} is not allowed: open the address prefkit printed", 403
+                )(scope, receive, send)
+        if self.token is not None:
+            from starlette.requests import HTTPConnection
+
+            conn = HTTPConnection(scope)
+            auth = headers.get("authorization", "")
+            query = conn.query_params.get("token")
+            given = (
+                auth[7:].strip()
+                if auth.lower().startswith("bearer ")
+                else conn.cookies.get(self.cookie) or query
+            )
+            if not given:
+                return await error(
+                    "an access token is required: open the address with ?token=... that prefkit printed", 401
+                )(scope, receive, send)
+            if not hmac.compare_digest(given.encode(), self.token):
+                return await error("wrong access token", 403)(scope, receive, send)
+            if query is not None and scope["method"] == "GET" and scope["path"] == "/":
+                response = Response(status_code=303, headers={"Location": "/", "Cache-Control": "no-store"})
+                response.set_cookie(self.cookie, given, httponly=True, samesite="strict", path="/")
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)

@@ -1,0 +1,391 @@
+"""The vote store of ``prefkit annotate``: SQLite in the dataset folder, and which pair to show whom.
+
+``DATASET/annotations.sqlite`` has one row per decision in table ``votes``::
+
+    vote_id     the page's id for the decision (random, made in the browser); UNIQUE, so a POST retried
+                after a lost answer stores nothing twice
+    annotator   the name the annotator typed
+    key_0/key_1 the pair in canonical order (key_0 < key_1, as in label sets)
+    choice      "0" (key_0 won), "1" (key_1 won), "tie", or "skip" (recorded, never counted as a vote)
+    left_key    the sample the page showed on the left (sides are drawn at random per pair)
+    time_ms     time from showing the pair to the decision, in milliseconds
+    created_at  UTC, ISO 8601
+    undone_at   set when the annotator pressed undo; the row stays (history), it no longer counts
+
+A partial UNIQUE index allows one decision per (annotator, pair) that is not undone: an annotator never
+decides a pair twice, whatever the page sends.
+
+Durability: WAL journal with ``synchronous=FULL``, each decision its own transaction, committed before the
+page gets its answer. A committed transaction is in the WAL file when ``commit`` returns, so a SIGKILL of
+the server loses nothing acknowledged (``NORMAL`` would give that too, in WAL mode); ``FULL`` also fsyncs
+the WAL at each commit, so an acknowledged vote survives an OS crash or a power cut, for a cost of one
+fsync per vote (the load test's votes/s include it).
+
+Assignment (:meth:`VoteStore.next_pair`): pairs in a fixed order (a seeded shuffle, so consecutive pairs
+come from different prompts); an annotator gets the pair they already hold, else the first pair that
+they have not decided (voted or skipped) and whose votes plus other annotators' unexpired leases are
+fewer than ``per_pair``. A lease lasts ``lease_s`` seconds: annotators working at once do not all get
+the same pair, and a pair an annotator walked away from goes back to the pool. A vote arriving after its
+lease expired is still stored (a pair may then get one vote more than ``per_pair``).
+
+The counts used for assignment live in memory, rebuilt from the database at start-up and changed only
+after a commit succeeded, under one lock: one server per dataset (``serve.py`` holds a lock file).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import sqlite3
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefkit.errors import PrefkitError
+
+DB_NAME = "annotations.sqlite"
+FORMAT = "prefkit-annotations"
+VERSION = "1"
+DECISIONS = ("0", "1", "tie", "skip")
+VOTE_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO info (key, value) VALUES ('format', '{FORMAT}'), ('version', '{VERSION}');
+CREATE TABLE IF NOT EXISTS votes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    vote_id TEXT NOT NULL UNIQUE,
+    annotator TEXT NOT NULL,
+    key_0 TEXT NOT NULL,
+    key_1 TEXT NOT NULL,
+    choice TEXT NOT NULL CHECK (choice IN ('0', '1', 'tie', 'skip')),
+    left_key TEXT NOT NULL,
+    time_ms INTEGER CHECK (time_ms IS NULL OR time_ms >= 0),
+    created_at TEXT NOT NULL,
+    undone_at TEXT,
+    CHECK (key_0 < key_1),
+    CHECK (left_key IN (key_0, key_1))
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_decision_per_pair ON votes (annotator, key_0, key_1)
+    WHERE undone_at IS NULL;
+CREATE INDEX IF NOT EXISTS by_annotator ON votes (annotator, id);
+"""
+
+PairKey = tuple[str, str]  # (key_0, key_1), key_0 < key_1
+
+
+class Conflict(Exception):
+    """A well-formed request the store refuses (HTTP 409): the message says why."""
+
+
+class NotFound(Exception):
+    """A request naming a vote or pair that does not exist (HTTP 404)."""
+
+
+@dataclass
+class Decision:
+    """One stored row, as the API and the exporter see it."""
+
+    vote_id: str
+    annotator: str
+    key_0: str
+    key_1: str
+    choice: str
+    left_key: str
+    time_ms: int | None
+    created_at: str
+    undone_at: str | None
+
+    @property
+    def pair(self) -> PairKey:
+        return (self.key_0, self.key_1)
+
+
+_COLUMNS = "vote_id, annotator, key_0, key_1, choice, left_key, time_ms, created_at, undone_at"
+
+
+def timestamp() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+def canonical_choice(left: str, right: str, side: str) -> tuple[PairKey, str]:
+    """The page's (left, right, side chosen) -> ((key_0, key_1), choice in canonical order).
+
+    side: "left", "right", "tie" or "skip". Choosing the left image means key_0 won when the left image
+    is key_0, and key_1 won when the page had swapped them.
+    """
+    pair = (left, right) if left < right else (right, left)
+    if side in ("tie", "skip"):
+        return pair, side
+    winner = left if side == "left" else right
+    return pair, "0" if winner == pair[0] else "1"
+
+
+def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    """A connection to an annotations database, checked to be one. ``readonly`` for exporters: a plain
+    connection (it can replay the WAL after a killed server) that refuses writes."""
+    path = Path(path)
+    if readonly and not path.is_file():
+        raise PrefkitError(f"{path}: no such annotations database")
+    conn = None
+    try:
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 30000")
+        # checked before anything is written: a database of something else is left as it is
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        info = dict(conn.execute("SELECT key, value FROM info").fetchall()) if "info" in tables else {}
+        if tables or readonly:
+            _check_info(path, info)
+        if readonly:
+            conn.execute("PRAGMA query_only = ON")
+        else:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise PrefkitError(
+                    f"{path}: SQLite refused WAL mode (got {mode!r}); put the dataset on a local disk"
+                )
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.executescript(SCHEMA)
+    except (sqlite3.DatabaseError, PrefkitError) as exc:
+        if conn is not None:
+            conn.close()
+        if isinstance(exc, PrefkitError):
+            raise
+        raise PrefkitError(
+            f"{path}: not a prefkit annotations database ({exc}); move it away or choose another dataset"
+        ) from None
+    return conn
+
+
+def _check_info(path: Path, info: dict[str, str]) -> None:
+    if info.get("format") != FORMAT:
+        raise PrefkitError(
+            f"{path}: not a prefkit annotations database (no info.format {FORMAT!r}); move it away"
+        )
+    if info.get("version") != VERSION:
+        raise PrefkitError(
+            f"{path}: annotations database version {info.get('version')!r}; this prefkit reads {VERSION!r}"
+        )
+
+
+def read_decisions(path: Path) -> list[Decision]:
+    """Every row of an annotations database, undone ones and skips included, in the order stored."""
+    conn = connect(path, readonly=True)
+    try:
+        rows = conn.execute(f"SELECT {_COLUMNS} FROM votes ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    return [Decision(*row) for row in rows]
+
+
+class VoteStore:
+    """The server's view of the database: decisions, undo, and which pair to hand out next.
+
+    ``pairs``: the pairs to annotate (canonical order). Thread-safe: one lock around every operation.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        pairs: list[PairKey],
+        per_pair: int = 1,
+        lease_s: float = 300.0,
+        seed: int = 0,
+        clock=time.monotonic,
+    ):
+        if per_pair < 1:
+            raise PrefkitError(f"--per-pair {per_pair}: must be at least 1")
+        if lease_s <= 0:
+            raise PrefkitError(f"--lease {lease_s}: must be > 0 seconds")
+        self.path = Path(path)
+        self.per_pair = per_pair
+        self.lease_s = lease_s
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.pairs = list(pairs)
+        random.Random(seed).shuffle(self.pairs)
+        self.known = set(self.pairs)
+        self.side = random.SystemRandom()
+        self.conn = connect(self.path)
+        # derived state, rebuilt from the database
+        self.votes_on: Counter[PairKey] = Counter()  # active votes per pair (skips not counted)
+        self.decided: dict[str, set[PairKey]] = {}  # annotator -> pairs voted or skipped (not undone)
+        self.leases: dict[PairKey, dict[str, float]] = {}  # pair -> annotator -> expiry (clock)
+        for _vote_id, annotator, k0, k1, choice, *_rest in self.conn.execute(
+            f"SELECT {_COLUMNS} FROM votes WHERE undone_at IS NULL"
+        ):
+            self._count(annotator, (k0, k1), choice, +1)
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def _count(self, annotator: str, pair: PairKey, choice: str, sign: int) -> None:
+        mine = self.decided.setdefault(annotator, set())
+        if sign > 0:
+            mine.add(pair)
+        else:
+            mine.discard(pair)
+        if choice != "skip":
+            self.votes_on[pair] += sign
+
+    def _row(self, vote_id: str) -> Decision | None:
+        row = self.conn.execute(f"SELECT {_COLUMNS} FROM votes WHERE vote_id = ?", (vote_id,)).fetchone()
+        return Decision(*row) if row else None
+
+    def _last_vote_id(self, annotator: str) -> str | None:
+        row = self.conn.execute(
+            "SELECT vote_id FROM votes WHERE annotator = ? AND undone_at IS NULL ORDER BY id DESC LIMIT 1",
+            (annotator,),
+        ).fetchone()
+        return row[0] if row else None
+
+    def _progress(self, annotator: str) -> dict[str, int]:
+        mine = self.decided.get(annotator, set())
+        todo = sum(1 for p in self.pairs if p not in mine and self.votes_on[p] < self.per_pair)
+        return {
+            "done": len(mine),
+            "todo": todo,
+            "votes": sum(min(self.votes_on[p], self.per_pair) for p in self.pairs),
+            "target": len(self.pairs) * self.per_pair,
+            "pairs": len(self.pairs),
+            "per_pair": self.per_pair,
+        }
+
+    def status(self) -> dict[str, Any]:
+        with self.lock:
+            row = self.conn.execute(
+                "SELECT COUNT(*), SUM(choice != 'skip'), COUNT(DISTINCT annotator) FROM votes "
+                "WHERE undone_at IS NULL"
+            ).fetchone()
+            return {
+                "pairs": len(self.pairs),
+                "per_pair": self.per_pair,
+                "decisions": row[0],
+                "votes": row[1] or 0,
+                "annotators": row[2],
+            }
+
+    # -- assignment ---------------------------------------------------------------------------------
+
+    def _others_leases(self, pair: PairKey, annotator: str, now: float) -> int:
+        held = self.leases.get(pair)
+        if not held:
+            return 0
+        for who in [w for w, expiry in held.items() if expiry <= now]:
+            del held[who]
+        return sum(1 for who in held if who != annotator)
+
+    def _lease(self, pair: PairKey, annotator: str, now: float) -> None:
+        self.leases.setdefault(pair, {})[annotator] = now + self.lease_s
+
+    def _release(self, pair: PairKey, annotator: str) -> None:
+        held = self.leases.get(pair)
+        if held:
+            held.pop(annotator, None)
+
+    def next_pair(self, annotator: str, exclude: set[PairKey] = frozenset()) -> dict[str, Any]:
+        """The pair to show ``annotator`` next (leased to them), or None; with progress and the id of
+        their last decision (what undo would take back). ``exclude``: pairs the page already holds."""
+        with self.lock:
+            now = self.clock()
+            mine = self.decided.get(annotator, set())
+            chosen = None
+            held = [
+                p
+                for p, who in self.leases.items()
+                if who.get(annotator, 0) > now and p not in mine and p not in exclude
+            ]
+            if held:
+                order = {p: i for i, p in enumerate(self.pairs)}
+                chosen = min(held, key=lambda p: order.get(p, len(order)))
+            else:
+                for p in self.pairs:
+                    if p in mine or p in exclude:
+                        continue
+                    if self.votes_on[p] + self._others_leases(p, annotator, now) < self.per_pair:
+                        chosen = p
+                        break
+            if chosen is not None:
+                self._lease(chosen, annotator, now)
+            left = None if chosen is None else chosen[self.side.randrange(2)]
+            return {
+                "pair": chosen,
+                "left": left,
+                "progress": self._progress(annotator),
+                "last_vote_id": self._last_vote_id(annotator),
+            }
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def decide(
+        self, vote_id: str, annotator: str, left: str, right: str, side: str, time_ms: int | None
+    ) -> dict[str, Any]:
+        """Store one decision (committed before returning). A retry with the same ``vote_id`` and the same
+        content returns the first answer with ``duplicate`` true; different content is a Conflict."""
+        pair, choice = canonical_choice(left, right, side)
+        if pair not in self.known:
+            raise NotFound(f"unknown pair ({left}, {right}): not a pair of this dataset's prompt groups")
+        with self.lock:
+            old = self._row(vote_id)
+            if old is not None:
+                same = (old.annotator, old.pair, old.choice, old.left_key) == (annotator, pair, choice, left)
+                if not same:
+                    raise Conflict(f"vote id {vote_id} was already used for a different decision")
+                return self._ack(old, duplicate=True)
+            if pair in self.decided.get(annotator, set()):
+                raise Conflict(
+                    f"annotator {annotator!r} has already decided pair ({pair[0]}, {pair[1]}); undo it first"
+                )
+            row = Decision(vote_id, annotator, *pair, choice, left, time_ms, timestamp(), None)
+            try:
+                self.conn.execute(
+                    f"INSERT INTO votes ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (row.vote_id, annotator, *pair, choice, left, time_ms, row.created_at, None),
+                )  # autocommit: the INSERT is its own transaction, durable when execute returns
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(f"refused by the database: {exc}") from None
+            self._count(annotator, pair, choice, +1)
+            self._release(pair, annotator)
+            return self._ack(row, duplicate=False)
+
+    def _ack(self, row: Decision, duplicate: bool) -> dict[str, Any]:
+        return {
+            "saved": True,
+            "duplicate": duplicate,
+            "vote_id": row.vote_id,
+            "key_0": row.key_0,
+            "key_1": row.key_1,
+            "choice": row.choice,
+            "left": row.left_key,
+            "progress": self._progress(row.annotator),
+        }
+
+    def undo(self, annotator: str, vote_id: str) -> dict[str, Any]:
+        """Take back one of ``annotator``'s decisions (the page sends its last one). Idempotent: undoing an
+        undone decision answers the same. The pair is leased to the annotator again, to be shown again."""
+        with self.lock:
+            row = self._row(vote_id)
+            if row is None or row.annotator != annotator:
+                raise NotFound(f"annotator {annotator!r} has no decision {vote_id}")
+            if row.undone_at is None:
+                self.conn.execute(
+                    "UPDATE votes SET undone_at = ? WHERE vote_id = ? AND undone_at IS NULL",
+                    (timestamp(), vote_id),
+                )
+                self._count(annotator, row.pair, row.choice, -1)
+            if row.pair in self.known:
+                self._lease(row.pair, annotator, self.clock())
+            return {
+                "undone": vote_id,
+                "pair": row.pair,
+                "left": row.left_key,
+                "progress": self._progress(annotator),
+                "last_vote_id": self._last_vote_id(annotator),
+            }

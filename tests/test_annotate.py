@@ -1,0 +1,506 @@
+"""prefkit annotate: the vote store, the real server over loopback (security, API, export), a load test
+with a SIGKILL of the server under load. The browser test is tests/test_annotate_browser.py."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from annotate_util import ROOT, Server, artifacts_dir, db_rows
+
+from prefkit.annotate.store import Conflict, NotFound, VoteStore, canonical_choice
+from prefkit.errors import PrefkitError
+from prefkit.labels import read_meta, read_pairs
+
+
+def vid() -> str:
+    return uuid.uuid4().hex
+
+
+@pytest.fixture
+def dataset(labelled_dataset, tmp_path) -> Path:
+    """A private copy of the shared 3 prompts x 3 samples dataset (9 pairs; it has a jpeg label set)."""
+    out = tmp_path / "ds"
+    shutil.copytree(labelled_dataset, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def load_dataset(tiny_models, tmp_path_factory) -> Path:
+    """4 prompts x 12 samples: 4 x C(12, 2) = 264 pairs, 2,112 votes with --per-pair 8."""
+    from typer.testing import CliRunner
+
+    from prefkit.cli.main import app
+
+    out = tmp_path_factory.mktemp("annotate-load") / "ds"
+    args = ["generate", "--out", str(out), "--model", tiny_models["sd3"], "--samples-per-prompt", "12"]
+    args += ["--steps", "2", "--height", "16", "--width", "16", "--batch-size", "16", "--quiet"]
+    for p in ["a cat", "a dog", "a red car", "a house"]:
+        args += ["--prompt", p]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """The real command in a subprocess (a command that wrongly started serving would time out)."""
+    return subprocess.run(
+        [sys.executable, "-m", "prefkit.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+# -- the store, in process ------------------------------------------------------------------------------
+
+
+def test_canonical_choice_maps_the_pages_sides_back():
+    a, b = "g00000000_s00", "g00000000_s01"
+    assert canonical_choice(a, b, "left") == ((a, b), "0")
+    assert canonical_choice(a, b, "right") == ((a, b), "1")
+    assert canonical_choice(b, a, "left") == ((a, b), "1")  # the page showed key_1 on the left
+    assert canonical_choice(b, a, "right") == ((a, b), "0")
+    assert canonical_choice(b, a, "tie") == ((a, b), "tie")
+    assert canonical_choice(b, a, "skip") == ((a, b), "skip")
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_assignment_leases_skips_undo(tmp_path):
+    pairs = [(f"g0_s{i}", f"g0_s{j}") for i in range(4) for j in range(i + 1, 4)]  # 6 pairs
+    clock = Clock()
+    store = VoteStore(tmp_path / "a.sqlite", pairs, per_pair=2, lease_s=60, clock=clock)
+    # three annotators at once: a pair is held for at most per_pair of them
+    got = {who: store.next_pair(who)["pair"] for who in "ABC"}
+    assert got["A"] == got["B"] != got["C"]
+    assert store.next_pair("A")["pair"] == got["A"]  # asking again (a reload) gives the held pair
+    p = got["A"]
+    # A votes, B skips: the skip is recorded and not a vote, so a third annotator may get the pair
+    store.decide(vid(), "A", p[1], p[0], "left", 1200)
+    skip_id = vid()
+    store.decide(skip_id, "B", p[0], p[1], "skip", 300)
+    assert store.votes_on[p] == 1
+    assert store.next_pair("D")["pair"] == p
+    with pytest.raises(Conflict, match="already decided"):
+        store.decide(vid(), "B", p[0], p[1], "tie", 5)
+    # undo gives the pair back to B, then B may decide it
+    res = store.undo("B", skip_id)
+    assert res["pair"] == p and res["left"] == p[0]
+    assert store.next_pair("B")["pair"] == p
+    store.decide(vid(), "B", p[0], p[1], "tie", 10)
+    assert store.votes_on[p] == 2
+    with pytest.raises(NotFound):
+        store.undo("A", skip_id)  # not A's decision
+    # C walks away; once C's lease expires, another annotator gets C's place
+    c_pair = got["C"]
+    clock.t = 30
+    assert store.next_pair("E")["pair"] == c_pair  # the second place
+    assert store.next_pair("F")["pair"] != c_pair  # both places held
+    clock.t = 61  # C's lease is over, E's (until 90) is not
+    assert store.next_pair("G")["pair"] == c_pair
+    assert store.next_pair("F")["pair"] != c_pair
+    # an annotator never gets a pair twice, nor a full one (p: 2 votes; c_pair: E and G); then None
+    seen = []
+    while (res := store.next_pair("H"))["pair"] is not None:
+        q = res["pair"]
+        assert q not in seen
+        seen.append(q)
+        store.decide(vid(), "H", q[0], q[1], "right", 1)
+    assert set(seen) == set(pairs) - {p, c_pair}
+    assert res["progress"]["done"] == 4 and res["progress"]["todo"] == 1  # c_pair, once E and G let go
+    store.close()
+    # a restart rebuilds the counts from the database
+    again = VoteStore(tmp_path / "a.sqlite", pairs, per_pair=2, lease_s=60)
+    assert again.votes_on[p] == 2 and again.decided["B"] == {p} and len(again.decided["H"]) == 4
+    again.close()
+
+
+def test_store_refuses_foreign_database(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "other.sqlite"
+    sqlite3.connect(path).execute("CREATE TABLE info (key TEXT, value TEXT)")
+    with pytest.raises(PrefkitError, match="not a prefkit annotations database"):
+        VoteStore(path, [("a", "b")])
+    path.write_bytes(b"not sqlite at all" * 100)
+    with pytest.raises(PrefkitError, match="not a prefkit annotations database"):
+        VoteStore(path, [("a", "b")])
+
+
+# -- the server ------------------------------------------------------------------------------------------
+
+
+def first_pair(server: Server, annotator: str = "ann") -> dict:
+    return server.json("GET", f"/api/next?annotator={annotator}")["pair"]
+
+
+def test_only_the_datasets_images_are_served(dataset):
+    with Server(dataset) as server:
+        pair = first_pair(server)
+        status, headers, data = server.request("GET", pair["left_url"])
+        assert status == 200 and headers["content-type"] == "image/png"
+        assert data.startswith(b"\x89PNG\r\n\x1a\n")
+        assert "immutable" in headers["cache-control"]
+        # http.client sends these paths as written: no client-side normalisation of `..`
+        for path in [
+            "/image/../manifest.json",
+            "/image/..%2Fmanifest.json",
+            "/image/%2e%2e%2fmanifest.json",
+            "/image/..",
+            "/image/manifest.json",
+            "/image/%2Fetc%2Fpasswd",
+            "/image//etc/passwd",
+            "/image/g99999999_s00",
+            f"/image/{pair['left']}.png",
+            "/static/../../../../../../etc/passwd",
+            "/static/..%2F..%2Fstore.py",
+            "/static/%2Fetc%2Fpasswd",
+            "/static//etc/passwd",
+            "/static/store.py",
+            "/static/../app.py",
+            "/../manifest.json",
+            "//etc/passwd",
+            "/manifest.json",
+            "/annotations.sqlite",
+        ]:
+            status, _, data = server.request("GET", path)
+            assert status == 404, (path, status, data[:80])
+            assert b"plan" not in data and b"root:" not in data and b"SQLite" not in data, path
+        status, headers, data = server.request("GET", "/static/annotate.js")
+        assert status == 200 and b"textContent" in data
+        # a site pointing its own name at 127.0.0.1 (DNS rebinding) is refused on a loopback bind
+        status, _, data = server.request("GET", "/", headers={"Host": f"evil.example:{server.port}"})
+        assert status == 403 and b"not allowed" in data
+
+
+def test_votes_are_validated_and_idempotent(dataset):
+    with Server(dataset) as server:
+        pair = first_pair(server)
+        left, right = pair["left"], pair["right"]
+        other_group = next(k for k in ("g00000001_s00", "g00000002_s00") if not k.startswith(left[:9]))
+        good = {"vote_id": vid(), "annotator": "ann", "left": left, "right": right, "choice": "left"}
+        good["time_ms"] = 1500
+        bad = [
+            (415, None, b'{"x": 1}', {"Content-Type": "text/plain"}),
+            (400, None, b"{not json", None),
+            (400, None, json.dumps([good]).encode(), None),
+            (400, {k: v for k, v in good.items() if k != "choice"}, None, None),
+            (400, {**good, "extra": 1}, None, None),
+            (422, {**good, "vote_id": "short"}, None, None),
+            (422, {**good, "vote_id": "a/../../b-123456"}, None, None),
+            (422, {**good, "left": "g99999999_s00"}, None, None),
+            (422, {**good, "left": "../manifest.json"}, None, None),
+            (422, {**good, "right": left}, None, None),
+            (422, {**good, "right": other_group}, None, None),
+            (422, {**good, "choice": "both"}, None, None),
+            (422, {**good, "choice": 1}, None, None),
+            (422, {**good, "time_ms": -5}, None, None),
+            (422, {**good, "time_ms": "12"}, None, None),
+            (400, {**good, "annotator": ""}, None, None),
+            (400, {**good, "annotator": "x" * 65}, None, None),
+            (400, {**good, "annotator": "a\nb"}, None, None),
+            (413, None, b'{"a": "' + b"x" * 20000 + b'"}', None),
+        ]
+        for status_expected, body, raw, headers in bad:
+            status, _, data = server.request("POST", "/api/vote", body=body, raw=raw, headers=headers)
+            assert status == status_expected, (body or raw[:40], status, data)
+            assert json.loads(data)["error"], data
+        status, _, _ = server.request("GET", "/api/vote")
+        assert status == 405
+        status, _, data = server.request("GET", "/api/next")
+        assert status == 400 and b"annotator" in data
+        status, _, _ = server.request("GET", "/api/next?annotator=a&exclude=..%2Fx")
+        assert status == 400
+        assert db_rows(dataset) == []  # nothing was stored
+
+        ack = server.json("POST", "/api/vote", good)
+        assert ack["saved"] and not ack["duplicate"]
+        again = server.json("POST", "/api/vote", good)  # a retried POST: stored once
+        assert again["duplicate"] and again["vote_id"] == ack["vote_id"]
+        server.json("POST", "/api/vote", {**good, "choice": "right"}, expect=409)  # same id, other content
+        server.json("POST", "/api/vote", {**good, "vote_id": vid()}, expect=409)  # the pair again
+        server.json("POST", "/api/undo", {"annotator": "ann", "vote_id": vid()}, expect=404)
+        server.json("POST", "/api/undo", {"annotator": "other", "vote_id": good["vote_id"]}, expect=404)
+        rows = db_rows(dataset)
+        assert len(rows) == 1 and rows[0]["vote_id"] == good["vote_id"]
+
+
+def test_sides_map_back_to_canonical_order_and_undo(dataset):
+    with Server(dataset) as server:
+        seen_sides = set()
+        expected = []
+        for i, side in enumerate(["left", "right", "left", "right", "tie", "skip"]):
+            pair = first_pair(server, "mapper")
+            k0, k1 = sorted((pair["left"], pair["right"]))
+            seen_sides.add(pair["left"] == k0)
+            # force both orders whatever the draw: the server accepts the pair in either order
+            left, right = (k1, k0) if i % 2 == 0 else (k0, k1)
+            body = {"vote_id": vid(), "annotator": "mapper", "left": left, "right": right, "choice": side}
+            ack = server.json("POST", "/api/vote", {**body, "time_ms": 100 * i})
+            winner = {"left": left, "right": right}.get(side)
+            choice = side if winner is None else ("0" if winner == k0 else "1")
+            assert (ack["key_0"], ack["key_1"], ack["choice"]) == (k0, k1, choice)
+            expected.append((body["vote_id"], k0, k1, choice, left, 100 * i))
+        rows = db_rows(dataset)
+        assert [
+            (r["vote_id"], r["key_0"], r["key_1"], r["choice"], r["left_key"], r["time_ms"]) for r in rows
+        ] == expected
+        assert all(r["annotator"] == "mapper" and r["undone_at"] is None for r in rows)
+        # undo the last (the skip): the row is kept, marked undone, and the pair is shown again
+        nxt = server.json("GET", "/api/next?annotator=mapper")
+        assert nxt["last_vote_id"] == expected[-1][0]
+        res = server.json("POST", "/api/undo", {"annotator": "mapper", "vote_id": expected[-1][0]})
+        assert res["pair"]["pair_id"] == f"{expected[-1][1]}__{expected[-1][2]}"
+        assert res["pair"]["left"] == expected[-1][4] and res["last_vote_id"] == expected[-2][0]
+        assert db_rows(dataset)[-1]["undone_at"] is not None
+        again = server.json("POST", "/api/undo", {"annotator": "mapper", "vote_id": expected[-1][0]})
+        assert again["last_vote_id"] == expected[-2][0]  # a retried undo takes nothing more back
+        assert first_pair(server, "mapper")["pair_id"] == res["pair"]["pair_id"]
+        # the left/right order is drawn each time a pair is handed out: both orders come up
+        sides = set()
+        for _ in range(30):
+            pair = first_pair(server, "sides")
+            sides.add(pair["left"] < pair["right"])
+        assert sides == {True, False}
+
+
+def test_token_required_beyond_loopback(dataset):
+    res = run_cli("annotate", str(dataset), "--host", "0.0.0.0", "--port", "0", "--token", "short")
+    assert res.returncode == 2 and "at least 16" in res.stderr
+    with Server(dataset, "--host", "0.0.0.0") as server:
+        token = server.token
+        assert token and len(token) >= 24  # generated and printed
+        key = first_pair(server)["left"]
+        paths = ["/", "/static/annotate.js", f"/image/{key}", "/api/next?annotator=x", "/api/status"]
+        for path in paths:
+            assert server.request("GET", path, token=False)[0] == 401, path
+            bearer = {"Authorization": "Bearer " + "x" * len(token)}
+            assert server.request("GET", path, headers=bearer)[0] == 403, path
+            assert server.request("GET", path)[0] == 200, path
+        body = {"vote_id": vid(), "annotator": "x", "left": key, "right": key, "choice": "tie", "time_ms": 1}
+        assert server.request("POST", "/api/vote", body=body, token=False)[0] == 401
+        assert server.request("GET", f"/api/status?token={'y' * len(token)}", token=False)[0] == 403
+        # the printed address: ?token= sets an HttpOnly cookie and redirects to the bare page
+        status, headers, _ = server.request("GET", f"/?token={token}", token=False)
+        assert status == 303 and headers["location"] == "/"
+        cookie = headers["set-cookie"]
+        assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
+        jar = {"Cookie": cookie.split(";")[0]}
+        assert server.request("GET", "/api/status", headers=jar, token=False)[0] == 200
+        assert db_rows(dataset) == []
+    given = "t0ken-given-on-the-command-line"
+    with Server(dataset, "--host", "0.0.0.0", "--token", given) as server:
+        assert server.token == given
+        assert server.request("GET", "/api/status", token=False)[0] == 401
+        assert server.request("GET", "/api/status")[0] == 200
+
+
+def test_cli_errors(dataset, tmp_path, cli):
+    # these fail before serving, so they run in process
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = cli(["annotate", str(empty)])
+    assert res.exit_code == 2 and "no manifest" in res.stderr
+    no_shards = tmp_path / "no-shards"
+    no_shards.mkdir()
+    shutil.copy(dataset / "manifest.json", no_shards)
+    res = cli(["annotate", str(no_shards)])
+    assert res.exit_code == 2 and "no finished shards" in res.stderr
+    res = cli(["annotate", str(dataset), "--export", "web"])
+    assert res.exit_code == 2 and "no annotations yet" in res.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        res = cli(["annotate", str(dataset), "--port", str(port)])
+        assert res.exit_code == 2 and f"port {port} on 127.0.0.1 is already in use" in res.stderr
+    assert not (dataset / "annotations.sqlite").exists()  # nothing written by a failed start
+    with Server(dataset):
+        res = run_cli("annotate", str(dataset), "--port", "0")
+        assert res.returncode == 2 and "already being annotated" in res.stderr
+    res = cli(["annotate", str(dataset), "--export", "web"])  # the DB exists now, without votes
+    assert res.exit_code == 2 and "no votes found" in res.stderr
+
+
+def test_export_is_the_human_label_import(dataset, cli):
+    with Server(dataset, "--per-pair", "2", "--labels", "jpeg") as server:
+        status = server.json("GET", "/api/status")
+        assert status["pairs"] == len(read_pairs(dataset, "jpeg"))
+        decided = {}
+        for who, sides in [("ann", ["left", "right", "tie", "skip"]), ("bob", ["left", "left", "right"])]:
+            for side in sides:
+                pair = first_pair(server, who)
+                body = {"vote_id": vid(), "annotator": who, "left": pair["left"], "right": pair["right"]}
+                ack = server.json("POST", "/api/vote", {**body, "choice": side, "time_ms": 2500})
+                decided[body["vote_id"]] = ack
+        undone = next(v for v, a in decided.items() if a["choice"] == "tie")
+        server.json("POST", "/api/undo", {"annotator": "ann", "vote_id": undone})
+        # exported while the server runs (WAL: readers do not wait for the writer)
+        res = cli(["annotate", str(dataset), "--export", "web"])
+        assert res.exit_code == 0, res.output
+        assert "label set 'web'" in res.stdout and "5 votes" in res.stdout
+    res = cli(["label", str(dataset), "--source", "annotate", "--name", "web2"])
+    assert res.exit_code == 0, res.output
+    meta = read_meta(dataset, "web")
+    assert meta["source"] == "human" and meta["kind"] == "human" and meta["format"] == "annotate"
+    assert meta["inputs"] == [str(dataset / "annotations.sqlite")]
+    assert meta["counts"]["votes"] == 5
+    assert meta["report"]["skipped"] == 1 and meta["report"]["undone"] == 1
+    assert meta["report"]["chose_left"] + meta["report"]["chose_right"] == 5
+    assert meta["agreement"]["annotators"] == 2
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "created_at"} for r in rows]  # noqa: E731
+    assert strip(read_pairs(dataset, "web")) == strip(read_pairs(dataset, "web2"))  # one code path
+    votes = [v for p in read_pairs(dataset, "web") for v in p["votes"]]
+    assert len(votes) == 5 and {v["lead_time_s"] for v in votes} == {2.5}
+    active = {a["vote_id"]: a for v, a in decided.items() if a["choice"] != "skip" and v != undone}
+    by_pair = {
+        (p["key_0"], p["key_1"]): sorted(v["choice"] for v in p["votes"]) for p in read_pairs(dataset, "web")
+    }
+    expect: dict = {}
+    for a in active.values():
+        expect.setdefault((a["key_0"], a["key_1"]), []).append(a["choice"])
+    assert by_pair == {k: sorted(v) for k, v in expect.items()}
+    res = cli(["annotate", str(dataset), "--export", "web"])
+    assert res.exit_code == 2 and "exists" in res.stderr
+    assert cli(["annotate", str(dataset), "--export", "web", "--overwrite", "-q"]).exit_code == 0
+
+
+# -- load: 8 annotators at once, then a SIGKILL under load ---------------------------------------------
+
+
+def annotate_loop(server: Server, annotator: str, quota: int | None, acked: list, errors: list, stop=None):
+    """One annotator: next pair, vote, repeat; every 10th vote is re-sent (a retry after a lost answer)."""
+    import random
+
+    rng = random.Random(annotator)
+    conn = server.connection()
+    n = 0
+    try:
+        while quota is None or n < quota:
+            if stop is not None and stop.is_set():
+                return
+            conn.request("GET", f"/api/next?annotator={annotator}")
+            res = conn.getresponse()
+            pair = json.loads(res.read())["pair"]
+            if res.status != 200 or pair is None:
+                errors.append(f"{annotator}: next {res.status} {pair}")
+                return
+            body = {
+                "vote_id": vid(),
+                "annotator": annotator,
+                "left": pair["left"],
+                "right": pair["right"],
+                "choice": rng.choice(["left", "right", "tie"]),
+                "time_ms": rng.randrange(200, 5000),
+            }
+            for _ in range(2 if n % 10 == 0 else 1):
+                conn.request("POST", "/api/vote", json.dumps(body), {"Content-Type": "application/json"})
+                res = conn.getresponse()
+                data = res.read()
+                if res.status != 200:
+                    errors.append(f"{annotator}: vote {res.status} {data[:200]}")
+                    return
+            acked.append(body["vote_id"])  # the server said saved
+            n += 1
+    except (OSError, http.client.HTTPException) as exc:
+        if stop is None:
+            errors.append(f"{annotator}: {exc!r}")
+    finally:
+        conn.close()
+
+
+def test_load_and_sigkill(load_dataset, tmp_path):
+    ds = tmp_path / "ds"
+    shutil.copytree(load_dataset, ds)
+    annotators, total = 8, 2000
+    acked: list[str] = []
+    errors: list[str] = []
+    with Server(ds, "--per-pair", "8") as server:
+        assert server.json("GET", "/api/status")["pairs"] == 264
+        threads = [
+            threading.Thread(target=annotate_loop, args=(server, f"a{i}", total // annotators, acked, errors))
+            for i in range(annotators)
+        ]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - t0
+        assert errors == []
+        status = server.json("GET", "/api/status")
+    rows = db_rows(ds)
+    ids = [r["vote_id"] for r in rows]
+    assert len(acked) == total and len(set(acked)) == total
+    lost = set(acked) - set(ids)
+    duplicated = len(ids) - len(set(ids))
+    assert not lost and duplicated == 0 and len(rows) == total == status["votes"]
+    assert len({(r["annotator"], r["key_0"], r["key_1"]) for r in rows}) == total
+    per_pair: dict = {}
+    for r in rows:
+        per_pair[(r["key_0"], r["key_1"])] = per_pair.get((r["key_0"], r["key_1"]), 0) + 1
+    assert max(per_pair.values()) <= 8
+
+    # a second burst from 8 new annotators, killed (SIGKILL) in the middle
+    burst: list[str] = []
+    stop = threading.Event()
+    server = Server(ds, "--per-pair", "16")
+    threads = [
+        threading.Thread(target=annotate_loop, args=(server, f"b{i}", None, burst, errors, stop))
+        for i in range(annotators)
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(burst) < 300 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.proc.kill()  # SIGKILL: no shutdown, no checkpoint
+    killed_at = len(burst)
+    stop.set()
+    for t in threads:
+        t.join()
+    server.kill()
+    acked_before_kill = list(burst)
+    assert killed_at >= 300 and errors == []
+    # restart: the database opens (WAL replayed) and every acknowledged vote is there
+    with Server(ds, "--per-pair", "16") as again:
+        after = again.json("GET", "/api/status")
+    ids_after = {r["vote_id"] for r in db_rows(ds)}
+    missing = set(acked_before_kill) - ids_after
+    assert not missing
+    in_flight = len(ids_after) - total - len(acked_before_kill)  # committed, answer cut by the kill
+    assert 0 <= in_flight <= annotators and after["votes"] == len(ids_after)
+
+    figures = {
+        "annotators": annotators,
+        "votes": total,
+        "seconds": round(elapsed, 3),
+        "votes_per_s": round(total / elapsed, 1),
+        "requests_per_s": round(total * 2.1 / elapsed, 1),  # next + vote, every 10th vote sent twice
+        "lost": len(lost),
+        "duplicated": duplicated,
+        "acknowledged_before_sigkill": len(acked_before_kill),
+        "missing_after_restart": len(missing),
+        "committed_but_unacknowledged_at_kill": in_flight,
+    }
+    (artifacts_dir() / "annotate-load.json").write_text(json.dumps(figures, indent=2))
+    print("\nannotate load test:", json.dumps(figures))

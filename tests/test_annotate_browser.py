@@ -1,0 +1,172 @@
+"""A real headless Chromium drives the annotation page: the name, keys 1 / 2 / 3 / s / u and the buttons
+give exactly the right rows in the SQLite database (the page's random left/right mapped back to key_0 /
+key_1), and a prompt holding markup is shown as text and never runs.
+
+Needs Debian's chromium and chromium-driver (``.ci/run`` installs them) and selenium (the test extra).
+Without them the test is skipped with the reason, unless $CI or $PREFKIT_REQUIRE_BROWSER is set: then it
+fails, so CI cannot pass without having run it. The screenshot goes to $PREFKIT_ARTIFACTS (default
+tests/artifacts/annotate.png).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from annotate_util import Server, artifacts_dir, db_rows
+
+PAYLOAD = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2"> a cat & a "dog"'
+CHROMIUM = os.environ.get("PREFKIT_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("PREFKIT_CHROMEDRIVER", "/usr/bin/chromedriver")
+
+
+def _require_browser() -> None:
+    missing = []
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium (pip install -e '.[test]')")
+    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if not (Path(path).is_file() and os.access(path, os.X_OK)):
+            missing.append(f"{path} (apt-get install {package})")
+    if missing:
+        reason = "the browser test needs " + ", ".join(missing)
+        if os.environ.get("CI") or os.environ.get("PREFKIT_REQUIRE_BROWSER"):
+            pytest.fail(reason + " ($CI / $PREFKIT_REQUIRE_BROWSER is set: it must run)")
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def browser():
+    _require_browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,900"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def script_dataset(tiny_models, tmp_path, cli) -> Path:
+    """One prompt that is markup, 4 samples: 6 pairs."""
+    out = tmp_path / "ds"
+    args = ["generate", "--out", out, "--model", tiny_models["sd3"], "--prompt", PAYLOAD]
+    res = cli(args + ["--samples-per-prompt", "4", "--steps", "2", "--quiet"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def wait_for(predicate, what: str, timeout: float = 20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_keys_and_clicks_store_the_right_rows(browser, script_dataset):
+    from selenium.webdriver.common.by import By
+
+    ds = script_dataset
+    el = lambda css: browser.find_element(By.CSS_SELECTOR, css)  # noqa: E731
+
+    def shown() -> dict:
+        """The pair on screen once both images have loaded: pair id, left key, right key."""
+        return browser.execute_script(
+            "const l = document.getElementById('img-left'), r = document.getElementById('img-right');"
+            "if (!document.body.dataset.pairId || !l.complete || !r.complete || !l.naturalWidth"
+            " || !r.naturalWidth) return null;"
+            "return {pair_id: document.body.dataset.pairId, left: l.dataset.key, right: r.dataset.key};"
+        )
+
+    def act(how, before: dict | None, n_rows: int) -> dict:
+        """Press a key or click a button; wait for the new row; return it."""
+        how()
+        rows = wait_for(lambda: len(db_rows(ds)) > n_rows and db_rows(ds), "the vote's row")
+        assert len(rows) == n_rows + 1
+        return rows[-1]
+
+    def expect_row(row: dict, pair: dict, side: str) -> None:
+        k0, k1 = sorted((pair["left"], pair["right"]))
+        winner = {"left": pair["left"], "right": pair["right"]}.get(side)
+        choice = side if winner is None else ("0" if winner == k0 else "1")
+        assert (row["annotator"], row["key_0"], row["key_1"]) == ("alice", k0, k1)
+        assert (row["choice"], row["left_key"], row["undone_at"]) == (choice, pair["left"], None)
+        assert isinstance(row["time_ms"], int) and row["time_ms"] >= 0
+
+    def next_shown(previous: str) -> dict:
+        return wait_for(lambda: (s := shown()) and s["pair_id"] != previous and s, "the next pair")
+
+    with Server(ds) as server:
+        browser.get(f"http://127.0.0.1:{server.port}/")
+        # the name is asked once
+        wait_for(lambda: el("#name-input").is_displayed(), "the name form")
+        el("#name-input").send_keys("alice")
+        el("#name-submit").click()
+        pair = wait_for(shown, "the first pair")
+        # the prompt is text: shown literally, nothing of it ran
+        assert el("#prompt").text == PAYLOAD
+        assert browser.execute_script("return typeof window.__pwned") == "undefined"
+        assert browser.execute_script("return document.querySelectorAll('#prompt *').length") == 0
+        # the next pair's images are fetched before they are needed (pairs of one prompt share samples:
+        # the current pair's 2 images and at least 1 new one)
+        images = (
+            "return [...new Set(performance.getEntriesByType('resource').map(e => e.name)"
+            ".filter(n => n.includes('/image/')))]"
+        )
+        wait_for(lambda: len(browser.execute_script(images)) >= 3, "the prefetched pair's images")
+        time.sleep(0.3)
+        shot = artifacts_dir() / "annotate.png"
+        assert browser.save_screenshot(str(shot))
+        print(f"\nannotate page screenshot: {shot}")
+
+        body = el("body")
+        rows = 0
+        decided = []
+        for key, side in (("1", "left"), ("2", "right"), ("3", "tie"), ("s", "skip")):
+            row = act(lambda k=key: body.send_keys(k), pair, rows)
+            rows += 1
+            expect_row(row, pair, side)
+            decided.append((pair, row))
+            pair = next_shown(pair["pair_id"])
+        assert decided[0][1]["time_ms"] >= 250  # the first pair was on screen for the screenshot
+        # u: the skip is undone (the row stays, marked) and its pair is back, on the same side
+        body.send_keys("u")
+        skipped_pair, skip_row = decided[-1]
+        wait_for(lambda: db_rows(ds)[-1]["undone_at"], "the undo")
+        back = wait_for(
+            lambda: (s := shown()) and s["pair_id"] == skipped_pair["pair_id"] and s, "undone pair"
+        )
+        assert back["left"] == skip_row["left_key"]
+        assert len(db_rows(ds)) == rows
+        # the buttons do what the keys do
+        for button, side in (("#btn-left", "left"), ("#btn-tie", "tie"), ("#btn-right", "right")):
+            row = act(lambda b=button: el(b).click(), back, rows)
+            rows += 1
+            expect_row(row, back, side)
+            if side != "right":
+                back = next_shown(back["pair_id"])
+        # six pairs, six decisions that count (the undone skip does not): nothing left
+        wait_for(lambda: el("#done").is_displayed(), "the done message")
+        assert el("#progress").text.startswith("you: 6 done, 0 to do")
+        final = db_rows(ds)
+        assert len(final) == 7 and sum(r["undone_at"] is not None for r in final) == 1
+        assert len({(r["key_0"], r["key_1"]) for r in final if r["undone_at"] is None}) == 6
+        severe = [
+            e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "favicon" not in e["message"]
+        ]
+        assert severe == []
+        assert shot.stat().st_size > 10_000
