@@ -178,8 +178,8 @@ def test_eval_of_a_learned_lora(bright_run, tiny_models, cli, tmp_path):
         row = by_key[(rec["group_id"], rec["sample_index"])]
         assert rec["seed"] == row["seed"]
         assert brightness([s_["image"]], [rec["prompt"]])[0] == row["score_tuned"]
-    # never overwritten silently
-    res = cli(["eval", "--lora", bright_run / "lora", "--source", SCORER, "--prompt", "x"])
+    # never overwritten silently (the run folder OUT stands for OUT/lora, whose default --out is OUT/eval)
+    res = cli(["eval", "--lora", bright_run, "--source", SCORER, "--prompt", "x"])
     assert res.exit_code == 2 and "not empty" in res.output and str(out) in res.output
 
 
@@ -281,7 +281,15 @@ def test_bad_input_exits_2_naming_the_thing(zero_lora, tiny_models, cli, tmp_pat
     res = cli([*base, "--lora", zero_lora, *model[:2], "--out", tmp_path / "full"])
     assert res.exit_code == 2 and "not empty" in res.output and str(tmp_path / "full") in res.output
     # --overwrite writes beside what is there, atomically per file
-    _ok(cli([*base, "--lora", zero_lora, *model[:2], "--out", tmp_path / "full", "--overwrite"]))
+    _ok(cli([*base, "--lora", zero_lora, *model[:2], "--out", tmp_path / "full", "--overwrite", "--no-kl"]))
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
-    assert (tmp_path / "full" / "report.json").is_file()
-    assert math.isfinite(json.loads((tmp_path / "full" / "report.json").read_text())["seconds"]["total"])
+    report = json.loads((tmp_path / "full" / "report.json").read_text())
+    assert report["summary"]["drift"]["kl_per_step"] is None and math.isfinite(report["seconds"]["total"])
+
+
+def test_default_out(tmp_path):
+    from prefkit.evaluate import default_out
+
+    assert default_out(tmp_path / "run" / "lora") == tmp_path / "run" / "eval"
+    assert default_out(tmp_path / "run" / "checkpoint-20") == tmp_path / "run" / "eval-checkpoint-20"
+    assert default_out(tmp_path / "mine") == tmp_path / "eval-mine"
