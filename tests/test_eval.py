@@ -293,3 +293,36 @@ def test_default_out(tmp_path):
     assert default_out(tmp_path / "run" / "lora") == tmp_path / "run" / "eval"
     assert default_out(tmp_path / "run" / "checkpoint-20") == tmp_path / "run" / "eval-checkpoint-20"
     assert default_out(tmp_path / "mine") == tmp_path / "eval-mine"
+
+
+@pytest.mark.parametrize("family", ["ddim", "flux"])
+def test_untrained_lora_other_families(tiny_models, family, tmp_path):
+    """The other families: adapters switch off and on through the pipeline (DDIM with eta, FLUX)."""
+    from prefkit.config import EvalConfig, TrainConfig
+    from prefkit.evaluate import run_eval
+    from prefkit.pipeline import family_of, load_pipeline
+    from prefkit.train import add_lora, save_lora
+
+    pipe = load_pipeline(tiny_models[family])
+    fam = family_of(pipe)
+    add_lora(fam.denoiser, TrainConfig(lora_rank=2, lora_alpha=2.0), fam.name)
+    save_lora(pipe, fam.denoiser, tmp_path / "lora")
+    report = run_eval(
+        EvalConfig(
+            lora=str(tmp_path / "lora"),
+            model=tiny_models[family],
+            prompt=["a red circle"],
+            samples=2,
+            steps=2,
+            source=SCORER,
+            quiet=True,
+        )
+    )
+    s = report["summary"]
+    assert (
+        s["ties"] == 2 and s["drift"]["latent_rms"]["max"] == 0.0 and s["drift"]["kl_per_step"]["max"] == 0.0
+    )
+    assert report["model"]["family"] == family and (tmp_path / "eval" / "grid.png").is_file()
+    assert report["settings"]["eta" if family == "ddim" else "noise_level"] == (
+        1.0 if family == "ddim" else 0.7
+    )
