@@ -148,6 +148,9 @@ def resolve_settings(cfg: EvalConfig, origin: Origin) -> tuple[dict[str, Any], d
             values[key], origins[key] = run[key], "training run"
         else:
             values[key], origins[key] = None, "default"
+    for given, other in (("eta", "noise_level"), ("noise_level", "eta")):
+        if getattr(cfg, given) is not None and getattr(cfg, other) is None:  # the flag names the sampler
+            values[other], origins[other] = None, "default"
     if values["model"] is None:
         raise PrefkitError(
             f"--model is required: {origin.notes[0] if origin.notes else 'the training run names no model'}; "

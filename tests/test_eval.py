@@ -326,3 +326,39 @@ def test_untrained_lora_other_families(tiny_models, family, tmp_path):
     assert report["settings"]["eta" if family == "ddim" else "noise_level"] == (
         1.0 if family == "ddim" else 0.7
     )
+
+
+def test_settings_precedence(tmp_path):
+    """Flags > the training run (its config.yaml over its dataset's manifest) > defaults."""
+    from prefkit.config import EvalConfig
+    from prefkit.evaluate import Origin, resolve_settings
+
+    manifest = {
+        "settings": {
+            "model": "tiny-sd3",
+            "revision": None,
+            "steps": 4,
+            "guidance": 5.0,
+            "negative_prompt": "",
+            "eta": None,
+            "noise_level": 0.7,
+            "height": 16,
+            "width": 16,
+        },
+        "model": {"path": None},
+    }
+    origin = Origin(
+        lora=tmp_path, run=tmp_path, train={"objective": "d3po", "guidance": 1.0}, manifest=manifest
+    )
+    values, origins, load_from = resolve_settings(EvalConfig(steps=2), origin)
+    assert (values["steps"], origins["steps"]) == (2, "flag")
+    assert (values["guidance"], origins["guidance"]) == (1.0, "training run")  # trained under it
+    assert (values["noise_level"], values["height"], load_from) == (0.7, 16, "tiny-sd3")
+    assert origins["revision"] == "default"
+    # an --eta flag replaces the run's noise level (the model then refuses it, naming the flag)
+    values, origins, _ = resolve_settings(EvalConfig(eta=0.5), origin)
+    assert (values["eta"], values["noise_level"], origins["noise_level"]) == (0.5, None, "default")
+    # diffusion-dpo trains at --resolution
+    origin.train = {"objective": "diffusion-dpo", "resolution": 32, "model": "tiny-sd3"}
+    values, origins, _ = resolve_settings(EvalConfig(), origin)
+    assert (values["height"], values["width"], origins["height"]) == (32, 32, "training run")
