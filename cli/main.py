@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from prefkit.config import GenerateConfig, LabelConfig, TrainConfig, help_of, load_config_file
+from prefkit.config import EvalConfig, GenerateConfig, LabelConfig, TrainConfig, help_of, load_config_file
 
 app = typer.Typer(
     name="prefkit",
@@ -37,6 +37,10 @@ def _l(name: str) -> str:
 
 def _t(name: str) -> str:
     return _h(name, TrainConfig)
+
+
+def _e(name: str) -> str:
+    return _h(name, EvalConfig)
 
 
 def merge_config(ctx: typer.Context, cls, config_file: Path | None, values: dict):
@@ -295,6 +299,84 @@ def train(
             + (f"{last['ties_skipped']} ties dropped; " if "ties_skipped" in last else "")
             + f"LoRA in {Path(cfg.out) / 'lora'} (pipe.load_lora_weights), metrics in {Path(cfg.out) / 'metrics.jsonl'}"
         )
+
+
+@app.command("eval")
+def eval_(
+    ctx: typer.Context,
+    lora: Annotated[str | None, typer.Option("--lora", help=_e("lora"), show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option("--out", help=_e("out"), show_default=False)] = None,
+    model: Annotated[str | None, typer.Option("--model", help=_e("model"), show_default=False)] = None,
+    revision: Annotated[
+        str | None, typer.Option("--revision", help=_e("revision"), show_default=False)
+    ] = None,
+    prompt: Annotated[
+        list[str] | None, typer.Option("--prompt", help=_e("prompt"), show_default=False)
+    ] = None,
+    prompts: Annotated[str | None, typer.Option("--prompts", help=_e("prompts"), show_default=False)] = None,
+    samples: Annotated[int, typer.Option("--samples", help=_e("samples"))] = EvalConfig.samples,
+    seed: Annotated[int, typer.Option("--seed", help=_e("seed"))] = EvalConfig.seed,
+    steps: Annotated[int | None, typer.Option("--steps", help=_e("steps"), show_default=False)] = None,
+    guidance: Annotated[
+        float | None, typer.Option("--guidance", help=_e("guidance"), show_default=False)
+    ] = None,
+    negative_prompt: Annotated[
+        str | None, typer.Option("--negative-prompt", help=_e("negative_prompt"), show_default=False)
+    ] = None,
+    eta: Annotated[float | None, typer.Option("--eta", help=_e("eta"), show_default=False)] = None,
+    noise_level: Annotated[
+        float | None, typer.Option("--noise-level", help=_e("noise_level"), show_default=False)
+    ] = None,
+    height: Annotated[int | None, typer.Option("--height", help=_e("height"), show_default=False)] = None,
+    width: Annotated[int | None, typer.Option("--width", help=_e("width"), show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help=_e("batch_size"))] = EvalConfig.batch_size,
+    dtype: Annotated[str, typer.Option("--dtype", help=_e("dtype"))] = EvalConfig.dtype,
+    device: Annotated[str, typer.Option("--device", help=_e("device"))] = EvalConfig.device,
+    source: Annotated[str | None, typer.Option("--source", help=_e("source"), show_default=False)] = None,
+    judge_model: Annotated[
+        str | None, typer.Option("--judge-model", help=_e("judge_model"), show_default=False)
+    ] = None,
+    judge_revision: Annotated[
+        str | None, typer.Option("--judge-revision", help=_e("judge_revision"), show_default=False)
+    ] = None,
+    processor: Annotated[
+        str | None, typer.Option("--processor", help=_e("processor"), show_default=False)
+    ] = None,
+    weights: Annotated[str | None, typer.Option("--weights", help=_e("weights"), show_default=False)] = None,
+    method: Annotated[str | None, typer.Option("--method", help=_e("method"), show_default=False)] = None,
+    template: Annotated[
+        str | None, typer.Option("--template", help=_e("template"), show_default=False)
+    ] = None,
+    judge_device: Annotated[
+        str | None, typer.Option("--judge-device", help=_e("judge_device"), show_default=False)
+    ] = None,
+    judge_dtype: Annotated[
+        str, typer.Option("--judge-dtype", help=_e("judge_dtype"))
+    ] = EvalConfig.judge_dtype,
+    judge_batch_size: Annotated[
+        int, typer.Option("--judge-batch-size", help=_e("judge_batch_size"))
+    ] = EvalConfig.judge_batch_size,
+    tie_margin: Annotated[float, typer.Option("--tie-margin", help=_e("tie_margin"))] = EvalConfig.tie_margin,
+    kl: Annotated[bool, typer.Option("--kl/--no-kl", help=_e("kl"))] = EvalConfig.kl,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=_e("overwrite"))] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=_e("quiet"))] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="YAML/JSON file with the same keys as these flags; flags win."),
+    ] = None,
+) -> None:
+    """Compare base and base + LoRA on held-out prompts with the same seeds, scored by any judge of
+    prefkit label: win rate with a 95% interval, mean scores, drift; writes report.json, samples.jsonl,
+    grid.png."""
+    values = {k: v for k, v in locals().items() if k in EvalConfig.__dataclass_fields__}
+    values["prompt"] = values["prompt"] or []
+    values["out"] = str(out) if out is not None else None
+    cfg, report = _run_stage(ctx, EvalConfig, config, values, "prefkit.evaluate", "run_eval")
+    if not cfg.quiet:
+        from prefkit.evaluate import print_summary
+
+        print_summary(report)
+        typer.echo(f"wrote {Path(report['out']) / 'report.json'}, samples.jsonl and grid.png")
 
 
 @app.command()

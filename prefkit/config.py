@@ -389,3 +389,84 @@ class AnnotateConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """Settings of ``prefkit eval``: the base model and base + LoRA sampled with the same seeds, scored by a
+    judge. Sampler settings left unset come from the training run that produced the LoRA."""
+
+    lora: str = field(
+        None,
+        "LoRA folder saved by prefkit train: OUT/lora, OUT/checkpoint-N, or the run folder OUT itself "
+        "(its lora/); a diffusers LoRA from elsewhere works with --model.",
+    )
+    out: str | None = field(
+        None,
+        "Output folder for report.json, samples.jsonl and grid.png (default: OUT/eval for OUT/lora, "
+        "OUT/eval-checkpoint-N for a checkpoint, eval-NAME beside any other LoRA folder NAME). "
+        "Must be empty or absent unless --overwrite.",
+    )
+    model: str | None = field(
+        None, "Base model (default: the training run's model; required for a LoRA from elsewhere)."
+    )
+    revision: str | None = field(None, "Hub revision of --model (default: the training run's).")
+    prompt: list[str] = field(help="A held-out prompt; repeat the flag for several.", default_factory=list)
+    prompts: str | None = field(
+        None, "Held-out prompts: a file (UTF-8, one a line) or a built-in list (animals, shapes)."
+    )
+    samples: int = field(8, "Samples per prompt; base and tuned share each sample's seed.")
+    seed: int = field(
+        1000,
+        "Base seed: sample i of prompt p is seeded from (seed, p, i) as prefkit generate does. The default "
+        "1000 keeps the noise apart from datasets generated with generate's default seed 0.",
+    )
+    steps: int | None = field(None, "Denoising steps (default: the training run's dataset's, else 20).")
+    guidance: float | None = field(
+        None, "Classifier-free guidance scale (default: the training run's, else 5.0)."
+    )
+    negative_prompt: str | None = field(
+        None, "Negative prompt (default: the training run's, else the empty prompt)."
+    )
+    eta: float | None = field(None, "DDIM eta > 0 (default: the training run's dataset's, else 1.0).")
+    noise_level: float | None = field(
+        None, "Flow-SDE noise level > 0 (default: the training run's dataset's, else 0.7)."
+    )
+    height: int | None = field(None, "Image height in pixels (default: the training run's, else native).")
+    width: int | None = field(None, "Image width in pixels (default: the training run's, else native).")
+    batch_size: int = field(8, "Images denoised together per forward pass (each of base and tuned).")
+    dtype: str = field(
+        "auto", "Model dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, float16, bfloat16."
+    )
+    device: str = field(
+        "auto", "Device of the diffusion model: auto (cuda if available), cpu, cuda, cuda:1 ..."
+    )
+    source: str | None = field(
+        None,
+        "The judge: any AI or rule source of prefkit label (jpeg, aesthetic, pickscore, llava, "
+        "python:module:function). A scorer scores each image; a pairwise judge compares base with tuned.",
+    )
+    judge_model: str | None = field(None, "The judge's model, as prefkit label --model.")
+    judge_revision: str | None = field(None, "Hub revision of the judge's model.")
+    processor: str | None = field(None, "The judge's processor, as prefkit label --processor.")
+    weights: str | None = field(None, "The judge head's weights file, as prefkit label --weights.")
+    method: str | None = field(None, "The judge's method, as prefkit label --method.")
+    template: str | None = field(None, "The judge's question template, as prefkit label --template.")
+    judge_device: str | None = field(None, "Device of the judge (default: --device).")
+    judge_dtype: str = field("float32", "Judge model dtype: float32, float16, bfloat16.")
+    judge_batch_size: int = field(8, "Images (or pairs) per judge call.")
+    tie_margin: float = field(
+        0.0, "Scorer judges: a tuned-minus-base score difference of at most this is a tie."
+    )
+    kl: bool = field(
+        True,
+        "Estimate the per-step KL of the tuned chain from the base (the tuned chain's log-prob under "
+        "the tuned minus the base denoiser): one more denoiser pass per step.",
+    )
+    overwrite: bool = field(
+        False, "Write into a non-empty --out, replacing report.json, samples.jsonl, grid.png."
+    )
+    quiet: bool = field(False, "No progress bar and no summary table.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -439,8 +439,7 @@ def _write_embeddings(out: Path, j: int, tensors: dict[str, torch.Tensor]) -> No
 
 def write_preview(out: Path, max_groups: int = 8, max_per_group: int = 8) -> Path | None:
     """A PNG grid of the first groups (one row per prompt group) for people to look at."""
-    from PIL import Image
-
+    from prefkit.grid import image_grid
     from prefkit.shards import iter_samples
 
     rows: dict[int, list] = {}
@@ -453,14 +452,8 @@ def write_preview(out: Path, max_groups: int = 8, max_per_group: int = 8) -> Pat
             rows[g].append(s["image"])
     if not rows:
         return None
-    w, h = next(iter(rows.values()))[0].size
-    cols = max(len(r) for r in rows.values())
-    grid = Image.new("RGB", (cols * w, len(rows) * h), "white")
-    for r, images in enumerate(rows.values()):
-        for c, im in enumerate(images):
-            grid.paste(im, (c * w, r * h))
     path = out / "preview.png"
-    grid.save(path)
+    image_grid(list(rows.values())).save(path)
     return path
 
 

@@ -152,10 +152,12 @@ def _iter_images(folder: Path, keys: set[str] | None = None) -> Iterator[tuple[s
         yield raw["__key__"], Image.open(io.BytesIO(raw["png"])).convert("RGB"), rec["prompt"]
 
 
-def _judge(cfg: LabelConfig, folder: Path, samples: dict[str, SampleInfo], kind: str):
-    from prefkit.judges import JudgeOptions, is_pair_judge, make_judge
+def judge_options(cfg: LabelConfig):
+    """The judge's options from ``prefkit label``'s settings (``prefkit eval`` passes its own --judge-*
+    flags through a LabelConfig, so both commands build judges the same way)."""
+    from prefkit.judges import JudgeOptions
 
-    options = JudgeOptions(
+    return JudgeOptions(
         source=cfg.source,
         model=cfg.model,
         revision=cfg.revision,
@@ -167,7 +169,12 @@ def _judge(cfg: LabelConfig, folder: Path, samples: dict[str, SampleInfo], kind:
         dtype=cfg.dtype,
         batch_size=cfg.batch_size,
     )
-    judge = make_judge(options)
+
+
+def _judge(cfg: LabelConfig, folder: Path, samples: dict[str, SampleInfo], kind: str):
+    from prefkit.judges import is_pair_judge, make_judge
+
+    judge = make_judge(judge_options(cfg))
     info = judge.info()
     with progress(not cfg.quiet, len(samples), "judge", "samples") as advance:
         if is_pair_judge(judge):
@@ -181,17 +188,19 @@ def _judge(cfg: LabelConfig, folder: Path, samples: dict[str, SampleInfo], kind:
         for item in _iter_images(folder):
             batch.append(item)
             if len(batch) == cfg.batch_size:
-                _score_batch(judge, batch, scores)
+                score_batch(judge, batch, scores)
                 advance(len(batch))
                 batch = []
         if batch:
-            _score_batch(judge, batch, scores)
+            score_batch(judge, batch, scores)
             advance(len(batch))
     pairs = pairs_from_scores(scores, samples, cfg.pairs, cfg.tie_margin, source=kind, judge=info)
     return judge, pairs, scores
 
 
-def _score_batch(judge, batch, scores: dict[str, float]) -> None:
+def score_batch(judge, batch, scores: dict[str, float]) -> None:
+    """Score a batch of (key, PIL image, prompt) with a Scorer into ``scores[key]``, checked (one finite
+    number per image)."""
     import math
 
     values = judge.score([b[1] for b in batch], [b[2] for b in batch])

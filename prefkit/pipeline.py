@@ -57,6 +57,14 @@ def resolve_model(model: str) -> str:
     return resolve_builtin(model) or model
 
 
+def loadable(model: str, recorded_path: str | None) -> str:
+    """What to load for the model a dataset manifest names: the id itself, or -- for a dataset made from
+    a relative folder path that does not resolve from here -- the absolute path the manifest recorded."""
+    if recorded_path and Path(recorded_path).is_dir() and not Path(resolve_model(model)).exists():
+        return recorded_path
+    return model
+
+
 def load_pipeline(
     model: str,
     revision: str | None = None,
@@ -111,10 +119,33 @@ def load_lora(pipe, lora: str | Path) -> None:
         )
     if not hasattr(pipe, "load_lora_weights"):
         raise PrefkitError(f"--lora: {type(pipe).__name__} cannot load LoRA weights")
+    denoiser_name = "unet" if hasattr(pipe, "unet") else "transformer"
+    before = _lora_tensors(getattr(pipe, denoiser_name, None))
     try:
         pipe.load_lora_weights(str(folder))
     except Exception as exc:  # noqa: BLE001 - a wrong-model LoRA fails in many ways
         raise PrefkitError(f"--lora {str(lora)!r}: could not load it into --model: {exc}") from exc
+    # load_lora_weights skips what matches no module, silently (another family) or with a warning (some
+    # names match): count what arrived in the denoiser against the file's own denoiser tensors
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        keys = list(f.keys())
+    expected = [k for k in keys if k.startswith(denoiser_name + ".") and (".lora_A." in k or ".lora_B." in k)]
+    loaded = _lora_tensors(getattr(pipe, denoiser_name, None)) - before
+    if loaded == 0 or loaded < len(expected):
+        found = f"only {loaded} of its {len(expected)}" if loaded else "none of its"
+        raise PrefkitError(
+            f"--lora {str(lora)!r}: does not fit --model: {found} LoRA tensors match the modules of this "
+            f"{type(pipe).__name__}'s {denoiser_name} (file keys such as {keys[0] if keys else '-'!r}); "
+            "load it into the model it was trained on"
+        )
+
+
+def _lora_tensors(module) -> int:
+    if module is None:
+        return 0
+    return sum(1 for n, _ in module.named_parameters() if ".lora_A." in n or ".lora_B." in n)
 
 
 @dataclass

@@ -330,7 +330,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
 
         return run_image_train(cfg)
 
-    from prefkit.pipeline import DTYPES, family_of, load_pipeline, resolve_model
+    from prefkit.pipeline import DTYPES, family_of, load_pipeline, loadable
     from prefkit.sampling import SamplerSettings
 
     cfg = resolve(cfg)
@@ -345,12 +345,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         )
     settings = manifest["settings"]
     model = cfg.model or settings["model"]
-    # what is loaded: the model id, or -- for a dataset made from a relative folder path that does not
-    # resolve from here -- the absolute path the manifest recorded
-    load_from = model
-    local = manifest["model"].get("path")
-    if cfg.model is None and local and Path(local).is_dir() and not Path(resolve_model(model)).exists():
-        load_from = local
+    load_from = model if cfg.model else loadable(model, manifest["model"].get("path"))
     mismatches = []
     if cfg.model and cfg.model != settings["model"]:
         mismatches.append(f"--model {cfg.model} (dataset: {settings['model']})")

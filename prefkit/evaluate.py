@@ -1,0 +1,617 @@
+"""``prefkit eval``: does the LoRA beat the model it was trained from, on held-out prompts?
+
+Reads top to bottom:
+1. settings: find the training run that wrote the LoRA (``OUT/config.yaml`` beside ``OUT/lora`` or
+   ``OUT/checkpoint-N``), its dataset and that dataset's ``manifest.json``; take the model and the sampler
+   settings from there unless given as flags; check everything. Nothing is written on bad input.
+2. the judge (built from a LabelConfig exactly as ``prefkit label`` builds it), then the pipeline with the
+   LoRA, loaded once.
+3. per batch -- generate's batches and generate's seeds, so the tuned samples are exactly what
+   ``prefkit generate --lora`` writes with the same settings -- sample with the adapters off (base), then on
+   (tuned): same prompts, same seeds, so the same initial noise and per-step noise; with ``--kl`` the tuned
+   chain's log-probs under the base denoiser; then score.
+4. statistics (:mod:`prefkit.stats`), the grid, ``report.json`` and ``samples.jsonl``, written atomically.
+
+Outcome of one sample (prompt p, sample i; base and tuned share its seed):
+  scorer       d = score(tuned) - score(base): win if d > tie_margin, loss if d < -tie_margin, else tie
+  pair judge   judge.compare(base, tuned) (prefkit's pairwise judges ask in both orders): "1" win,
+               "0" loss, "tie" tie, None no verdict (left out of the win rate, counted)
+  win rate     (wins + ties / 2) / (wins + ties + losses), 95 % Wilson score interval
+
+Drift, per sample:
+  latent_rms   sqrt(mean((x0_tuned - x0_base)^2)) over the final latent's elements (same seed)
+  pixel_mad    mean |image_tuned - image_base| over pixels and channels, in 0..255
+  kl_per_step  mean over steps k of lp_tuned(k) - lp_base(k) for the TUNED chain, lp the mean over
+               latent elements of the step's Gaussian log-density (as generate stores it): a Monte Carlo
+               estimate of the per-step KL(tuned || base) per latent element, in nats; 0 for a LoRA that
+               changes nothing
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prefkit import __version__
+from prefkit.config import EvalConfig, GenerateConfig, LabelConfig
+from prefkit.errors import PrefkitError
+from prefkit.progress import progress
+from prefkit.prompts import resolve_prompts
+from prefkit.shards import atomic_write_bytes, fsync_dir, json_bytes, png_bytes
+
+FORMAT_NAME = "prefkit-eval"
+FORMAT_VERSION = 1
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+REPORT, SAMPLES, GRID = "report.json", "samples.jsonl", "grid.png"
+GRID_PROMPTS, GRID_SAMPLES = 8, 4  # grid.png: the first prompts, and the first samples of each
+SAMPLER_KEYS = ("steps", "guidance", "negative_prompt", "eta", "noise_level", "height", "width")
+INTERVALS = "95 %: Wilson score interval for the win rate (a tie counts half a win), Student t for means"
+
+
+# -- 1. settings --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Origin:
+    """Where a LoRA came from: its folder, and the training run and dataset behind it when found."""
+
+    lora: Path  # absolute; holds pytorch_lora_weights.safetensors
+    run: Path | None = None  # the training run folder (its config.yaml)
+    train: dict[str, Any] | None = None  # the run's resolved TrainConfig (config.yaml)
+    dataset: str | None = None  # the run's dataset, as config.yaml names it
+    manifest: dict[str, Any] | None = None  # the dataset's manifest.json, when found here
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+def find_origin(spec: str | None) -> Origin:
+    """The LoRA folder ``spec`` (OUT/lora, OUT/checkpoint-N, OUT, or any diffusers LoRA folder) and, when
+    it sits in a prefkit training run, that run's config and its dataset's manifest."""
+    import yaml
+
+    from prefkit.shards import MANIFEST, read_manifest
+
+    if not spec:
+        raise PrefkitError("--lora is required: the LoRA folder that prefkit train wrote (OUT/lora)")
+    folder = Path(spec).expanduser()
+    if not folder.is_dir():
+        raise PrefkitError(f"--lora {spec}: no such folder")
+    if (folder / LORA_WEIGHTS).is_file():
+        lora = folder
+    elif (folder / "lora" / LORA_WEIGHTS).is_file():
+        lora = folder / "lora"  # the run folder OUT itself
+    else:
+        raise PrefkitError(
+            f"--lora {spec}: no {LORA_WEIGHTS} in that folder (nor in its lora/); give the folder that "
+            "prefkit train wrote: OUT/lora, or a checkpoint OUT/checkpoint-N"
+        )
+    origin = Origin(lora=lora.resolve())
+    run = origin.lora.parent
+    config = run / "config.yaml"
+    if not config.is_file():
+        origin.notes.append(f"no training run found (no config.yaml beside {origin.lora})")
+        return origin
+    try:
+        train = {k.replace("-", "_"): v for k, v in (yaml.safe_load(config.read_text()) or {}).items()}
+    except (yaml.YAMLError, AttributeError) as exc:
+        raise PrefkitError(f"--lora {spec}: {config} is not a readable training config: {exc}") from None
+    if "objective" not in train:  # some other tool's config.yaml
+        origin.notes.append(f"{config} is not a prefkit training config; no training run used")
+        return origin
+    origin.run, origin.train, origin.dataset = run, train, train.get("dataset")
+    ds = Path(str(origin.dataset or "")).expanduser()
+    for candidate in (ds, ds / "trajectories"):  # a generate folder, or a published folder
+        if origin.dataset and (candidate / MANIFEST).is_file():
+            origin.manifest = read_manifest(candidate)
+            return origin
+    origin.notes.append(
+        f"the training run's dataset {origin.dataset!r} has no manifest.json reachable from {Path.cwd()}; "
+        "sampler settings not given as flags are the model's defaults"
+    )
+    return origin
+
+
+def resolve_settings(cfg: EvalConfig, origin: Origin) -> tuple[dict[str, Any], dict[str, str], str]:
+    """(values, where each came from, what to load as the model). Flags win over the training run, the
+    training run over the defaults of ``prefkit generate`` and of the model."""
+    from prefkit.pipeline import loadable
+
+    run: dict[str, Any] = {}
+    train, manifest = origin.train or {}, origin.manifest
+    if manifest is not None:
+        s = manifest["settings"]
+        run = {k: s.get(k) for k in SAMPLER_KEYS}
+        run["model"], run["revision"] = s["model"], s.get("revision")
+    if train.get("model"):  # trained on another model than the dataset's (--force) or diffusion-dpo
+        if train["model"] != run.get("model"):
+            run["revision"] = None
+        run["model"] = train["model"]
+    for key in ("guidance", "negative_prompt"):  # the policy was trained under these
+        if train.get(key) is not None:
+            run[key] = train[key]
+    if train.get("resolution"):  # diffusion-dpo trains at this size
+        run["height"] = run["width"] = train["resolution"]
+
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for key in ("model", "revision", *SAMPLER_KEYS):
+        given = getattr(cfg, key)
+        if given is not None:
+            values[key], origins[key] = given, "flag"
+        elif run.get(key) is not None:
+            values[key], origins[key] = run[key], "training run"
+        else:
+            values[key], origins[key] = None, "default"
+    for given, other in (("eta", "noise_level"), ("noise_level", "eta")):
+        if getattr(cfg, given) is not None and getattr(cfg, other) is None:  # the flag names the sampler
+            values[other], origins[other] = None, "default"
+    if values["model"] is None:
+        raise PrefkitError(
+            f"--model is required: {origin.notes[0] if origin.notes else 'the training run names no model'}; "
+            "give the base model the LoRA was trained on"
+        )
+    # a model the manifest names by a relative path that does not resolve from here: its recorded path
+    load_from = values["model"]
+    if (
+        origins["model"] == "training run"
+        and manifest is not None
+        and values["model"] == manifest["settings"]["model"]
+    ):
+        load_from = loadable(values["model"], manifest["model"].get("path"))
+    return values, origins, load_from
+
+
+def default_out(lora: Path) -> Path:
+    """OUT/eval for OUT/lora; OUT/eval-checkpoint-N for OUT/checkpoint-N; eval-NAME beside folder NAME."""
+    return lora.parent / ("eval" if lora.name == "lora" else f"eval-{lora.name}")
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise PrefkitError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise PrefkitError(
+            f"--out {out}: the folder is not empty; choose another --out, or pass --overwrite to replace "
+            f"its {REPORT}, {SAMPLES} and {GRID}"
+        )
+
+
+def validate(cfg: EvalConfig) -> None:
+    for name in ("samples", "batch_size", "judge_batch_size"):
+        if getattr(cfg, name) < 1:
+            raise PrefkitError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
+    if cfg.steps is not None and cfg.steps < 1:
+        raise PrefkitError(f"--steps {cfg.steps}: must be at least 1")
+    if cfg.tie_margin < 0:
+        raise PrefkitError(f"--tie-margin {cfg.tie_margin}: must be >= 0")
+    if not cfg.source:
+        raise PrefkitError(
+            "--source is required: the judge, any AI or rule source of prefkit label "
+            "(jpeg, aesthetic, pickscore, llava, python:module:function)"
+        )
+    from prefkit.label import source_kind
+
+    if source_kind(cfg.source) == "human":
+        raise PrefkitError(
+            f"--source {cfg.source}: eval needs a judge it can run on fresh images "
+            "(jpeg, aesthetic, pickscore, llava, python:module:function), not imported human labels"
+        )
+
+
+def eval_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise PrefkitError(
+            f"--device {name!r}: not a torch device (auto, cpu, cuda, cuda:1, ...): {exc}"
+        ) from exc
+
+
+def make_eval_judge(cfg: EvalConfig, device: torch.device):
+    """The judge of ``--source``, built as ``prefkit label`` builds it (its --judge-* flags renamed)."""
+    from prefkit.judges import make_judge
+    from prefkit.label import judge_options
+
+    label_cfg = LabelConfig(
+        source=cfg.source,
+        model=cfg.judge_model,
+        revision=cfg.judge_revision,
+        processor=cfg.processor,
+        weights=cfg.weights,
+        method=cfg.method,
+        template=cfg.template,
+        device=cfg.judge_device or str(device),
+        dtype=cfg.judge_dtype,
+        batch_size=cfg.judge_batch_size,
+    )
+    return make_judge(judge_options(label_cfg))
+
+
+# -- 3. sampling and judging --------------------------------------------------------------------------
+
+
+def set_adapters(pipe, family, enabled: bool) -> None:
+    """Base (adapters off) or tuned (on). With the adapters off every LoRA layer returns its base layer's
+    output, so the base samples equal those of the pipeline loaded without the LoRA, bit for bit."""
+    (pipe.enable_lora if enabled else pipe.disable_lora)()
+    if any(not name.startswith(("unet", "transformer")) for name in pipe.get_list_adapters()):
+        family.__dict__.pop("_encoded", None)  # a text-encoder LoRA: prompt encodings differ per side
+
+
+def tuned_chain_logprobs_under_base(family, traj, settings) -> torch.Tensor:
+    """lp of each transition of ``traj`` (sampled with the adapters on) under the current denoiser:
+    float32 [B, K]. Call with the adapters off."""
+    from prefkit.sampling import transition_logprob
+
+    with torch.no_grad():
+        lps = [
+            transition_logprob(
+                family, traj.latents[:, k], traj.latents[:, k + 1], k, traj.schedule, traj.cond, settings
+            ).cpu()
+            for k in range(traj.schedule.num_steps)
+        ]
+    return torch.stack(lps, dim=1)
+
+
+def judge_batch(judge, pairwise: bool, base_images, tuned_images, prompts, batch_size: int):
+    """[(score_base, score_tuned, choice, details)] per sample; choice "1" = tuned preferred.
+
+    A scorer scores every image (its scores decide later, with the tie margin); a pair judge compares
+    (base, tuned) directly."""
+    from prefkit.label import score_batch
+
+    n = len(prompts)
+    if pairwise:
+        out = []
+        for s in range(0, n, batch_size):
+            pairs = list(
+                zip(
+                    base_images[s : s + batch_size],
+                    tuned_images[s : s + batch_size],
+                    prompts[s : s + batch_size],
+                    strict=True,
+                )
+            )
+            for v in judge.compare(pairs):
+                details = {k: val for k, val in v.items() if k != "choice"}
+                out.append((None, None, v.get("choice"), details or None))
+        if len(out) != n:
+            raise PrefkitError(f"the judge returned {len(out)} verdicts for {n} pairs")
+        return out
+    items = [(f"base {j}", im, p) for j, (im, p) in enumerate(zip(base_images, prompts, strict=True))]
+    items += [(f"tuned {j}", im, p) for j, (im, p) in enumerate(zip(tuned_images, prompts, strict=True))]
+    scores: dict[str, float] = {}
+    for s in range(0, len(items), batch_size):
+        score_batch(judge, items[s : s + batch_size], scores)
+    return [(scores[f"base {j}"], scores[f"tuned {j}"], None, None) for j in range(n)]
+
+
+def outcome(score_base, score_tuned, choice, tie_margin: float) -> str:
+    """win / tie / loss of the tuned model for one sample, or none (a pair judge without a verdict)."""
+    if score_base is not None:
+        d = score_tuned - score_base
+        return "win" if d > tie_margin else "loss" if d < -tie_margin else "tie"
+    return {"1": "win", "0": "loss", "tie": "tie"}.get(choice, "none")
+
+
+def _pixel_mad(a, b) -> float:
+    import numpy as np
+
+    return float(
+        np.abs(np.asarray(a.convert("RGB"), np.float64) - np.asarray(b.convert("RGB"), np.float64)).mean()
+    )
+
+
+# -- 4. statistics and outputs ------------------------------------------------------------------------
+
+
+def summarize(rows: list[dict[str, Any]], scored: bool, kl: bool) -> dict[str, Any]:
+    """The report's summary of the per-sample rows (see the module docstring)."""
+    from prefkit.stats import mean_interval, win_rate
+
+    count = {o: sum(r["outcome"] == o for r in rows) for o in ("win", "tie", "loss", "none")}
+    summary: dict[str, Any] = {
+        "pairs": len(rows),
+        "wins": count["win"],
+        "ties": count["tie"],
+        "losses": count["loss"],
+        "no_verdict": count["none"],
+        "win_rate": win_rate(count["win"], count["tie"], count["loss"]),
+        "intervals": INTERVALS,
+        "scores": None,
+    }
+    if scored:
+        base = [r["score_base"] for r in rows]
+        tuned = [r["score_tuned"] for r in rows]
+        summary["scores"] = {
+            "base": mean_interval(base),
+            "tuned": mean_interval(tuned),
+            "difference": mean_interval([t - b for t, b in zip(tuned, base, strict=True)]),
+        }
+    summary["drift"] = {
+        "latent_rms": mean_interval([r["latent_rms"] for r in rows]),
+        "latent_rms_base": math.fsum(r["latent_rms_base"] for r in rows) / len(rows),
+        "pixel_mad": mean_interval([r["pixel_mad"] for r in rows]),
+        "kl_per_step": mean_interval([r["kl_per_step"] for r in rows]) if kl else None,
+    }
+    return summary
+
+
+def grid_image(kept: dict[tuple[int, int], tuple], prompts: list[str], rows_by_key: dict, scored: bool):
+    """grid.png: per prompt (the first GRID_PROMPTS) a row of base | tuned pairs (its first GRID_SAMPLES
+    seeds), captioned with the scores; the tuned caption is green for a win, red for a loss."""
+    from prefkit.grid import PAD, cell_scale, image_grid
+
+    colour = {"win": (0, 128, 0), "loss": (192, 0, 0), "tie": (96, 96, 96), "none": (96, 96, 96)}
+    groups = sorted({g for g, _ in kept})
+    rows, titles, captions = [], [], []
+    for g in groups:
+        images, caps = [], []
+        for g2, i in sorted(k for k in kept if k[0] == g):
+            base, tuned = kept[(g2, i)]
+            r = rows_by_key[(g2, i)]
+            images += [base, tuned]
+            if scored:
+                caps += [
+                    (f"base {r['score_base']:.4g}", "black"),
+                    (f"tuned {r['score_tuned']:.4g}", colour[r["outcome"]]),
+                ]
+            else:
+                caps += [("base", "black"), (f"tuned: {r['outcome']}", colour[r["outcome"]])]
+        rows.append(images)
+        titles.append(f"{g}: {prompts[g]}")
+        captions.append(caps)
+    w, h = rows[0][0].size
+    return image_grid(rows, titles, captions, scale=cell_scale(w, h), pad=PAD)
+
+
+def write_outputs(out: Path, files: dict[str, bytes]) -> None:
+    """All files or none: a new (or empty) --out is built beside it and renamed into place; with
+    --overwrite each file is replaced atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir() and any(out.iterdir()):
+        for name, data in files.items():
+            atomic_write_bytes(out / name, data)
+        return
+    stage = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        for name, data in files.items():
+            atomic_write_bytes(stage / name, data)
+        os.replace(stage, out)  # rename(2) replaces an empty folder
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    fsync_dir(out.parent)
+
+
+# -- the stage ----------------------------------------------------------------------------------------
+
+
+def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.lora`` against its base model; writes report.json, samples.jsonl and grid.png in
+    ``--out`` and returns the report."""
+    from prefkit.generate import sample_batch, setup, shard_batches
+    from prefkit.judges import is_pair_judge
+    from prefkit.schemas import validate as validate_record
+
+    started = time.perf_counter()
+    # 1. settings: everything that can be checked without loading a model --------------------------------
+    validate(cfg)
+    origin = find_origin(cfg.lora)
+    out = Path(cfg.out).expanduser() if cfg.out else default_out(origin.lora)
+    check_out(out, cfg.overwrite)
+    prompts = resolve_prompts(cfg.prompt, cfg.prompts)
+    values, origins, load_from = resolve_settings(cfg, origin)
+    device = eval_device(cfg.device)
+    notes = list(origin.notes)
+    if origin.manifest is not None:
+        train_prompts = set(origin.manifest.get("prompts") or [])
+        shared = sum(p in train_prompts for p in prompts)
+        if shared:
+            notes.append(f"{shared} of the {len(prompts)} prompts are training prompts (not held out)")
+        if origin.manifest["settings"].get("seed") == cfg.seed and shared:
+            notes.append(f"--seed {cfg.seed} is the training dataset's seed: some samples repeat its noise")
+
+    # 2. the judge, then the pipeline with the LoRA (once) -----------------------------------------------
+    judge = make_eval_judge(cfg, device)
+    pairwise = is_pair_judge(judge)
+    gcfg = GenerateConfig(
+        model=load_from,
+        revision=values["revision"],
+        lora=str(origin.lora),
+        prompt=prompts,
+        samples_per_prompt=cfg.samples,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        dtype=cfg.dtype,
+        **{k: values[k] for k in SAMPLER_KEYS if values[k] is not None},
+    )
+    su = setup(gcfg, device)
+    pipe, family, settings, gcfg = su.pipe, su.family, su.settings, su.cfg
+    for key in SAMPLER_KEYS:  # what setup filled in from generate's and the model's defaults
+        values[key] = getattr(gcfg, key)
+
+    # 3. base and tuned, batch by batch; judged as they come -----------------------------------------------
+    num_groups = len(prompts)
+    batches = [
+        b
+        for j in range(math.ceil(num_groups / gcfg.groups_per_shard))
+        for b in shard_batches(j, gcfg, num_groups)
+    ]
+    rows: list[dict[str, Any]] = []
+    kept: dict[tuple[int, int], tuple] = {}
+    seconds = {"sampling": 0.0, "kl": 0.0, "judging": 0.0}
+    total = num_groups * cfg.samples
+    with progress(not cfg.quiet, total, "eval", "pairs") as advance:
+        for batch in batches:
+            t0 = time.perf_counter()
+            set_adapters(pipe, family, False)
+            seeds, base = sample_batch(family, settings, gcfg, prompts, batch)
+            set_adapters(pipe, family, True)
+            _, tuned = sample_batch(family, settings, gcfg, prompts, batch)
+            t1 = time.perf_counter()
+            kl = None
+            if cfg.kl:
+                set_adapters(pipe, family, False)
+                kl = (tuned.logprobs - tuned_chain_logprobs_under_base(family, tuned, settings)).mean(dim=1)
+                set_adapters(pipe, family, True)
+            t2 = time.perf_counter()
+            batch_prompts = [prompts[g] for g, _ in batch]
+            verdicts = judge_batch(
+                judge, pairwise, base.images, tuned.images, batch_prompts, cfg.judge_batch_size
+            )
+            seconds["sampling"] += t1 - t0
+            seconds["kl"] += t2 - t1
+            seconds["judging"] += time.perf_counter() - t2
+            x0_base, x0_tuned = base.latents[:, -1], tuned.latents[:, -1]  # [B, C, h, w]
+            rms = (x0_tuned - x0_base).pow(2).flatten(1).mean(1).sqrt()
+            rms_base = x0_base.pow(2).flatten(1).mean(1).sqrt()
+            for b, (g, i) in enumerate(batch):
+                sb, st, choice, details = verdicts[b]
+                rows.append(
+                    {
+                        "prompt": prompts[g],
+                        "group": g,
+                        "index": i,
+                        "seed": seeds[b][0],
+                        "init_noise_seed": seeds[b][1],
+                        "score_base": sb,
+                        "score_tuned": st,
+                        "choice": choice if pairwise else None,
+                        "outcome": outcome(sb, st, choice, cfg.tie_margin),
+                        "latent_rms": float(rms[b]),
+                        "latent_rms_base": float(rms_base[b]),
+                        "pixel_mad": _pixel_mad(base.images[b], tuned.images[b]),
+                        "kl_per_step": None if kl is None else float(kl[b]),
+                        "judge": details,
+                    }
+                )
+                if g < GRID_PROMPTS and i < GRID_SAMPLES:
+                    kept[(g, i)] = (base.images[b], tuned.images[b])
+            wins = sum(r["outcome"] == "win" for r in rows) + sum(r["outcome"] == "tie" for r in rows) / 2
+            decided = sum(r["outcome"] != "none" for r in rows)
+            advance(len(batch), f"win rate {wins / decided:.2f}" if decided else "")
+
+    # 4. statistics and outputs --------------------------------------------------------------------------
+    summary = summarize(rows, scored=not pairwise, kl=cfg.kl)
+    if summary["no_verdict"]:
+        notes.append(f"{summary['no_verdict']} pair(s) without a verdict are left out of the win rate")
+    report = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "prefkit_version": __version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "lora": str(origin.lora),
+        "training_run": str(origin.run) if origin.run else None,
+        "dataset": origin.dataset,
+        "model": {
+            "id": values["model"],
+            "loaded_from": load_from,
+            "revision": values["revision"],
+            "family": family.name,
+            "pipeline_class": type(pipe).__name__,
+            "dtype": gcfg.dtype,
+            "device": str(device),
+        },
+        "settings": {
+            **{k: values[k] for k in SAMPLER_KEYS},
+            "samples_per_prompt": cfg.samples,
+            "seed": cfg.seed,
+            "batch_size": cfg.batch_size,
+            "prompts": len(prompts),
+        },
+        "settings_from": {k: origins[k] for k in ("model", "revision", *SAMPLER_KEYS)},
+        "judge": {
+            "source": cfg.source,
+            "kind": "pairwise" if pairwise else "scorer",
+            "tie_margin": None if pairwise else cfg.tie_margin,
+            "info": judge.info(),
+        },
+        "prompts": prompts,
+        "summary": summary,
+        "notes": notes,
+        "seconds": {
+            **{k: round(v, 3) for k, v in seconds.items()},
+            "total": round(time.perf_counter() - started, 3),
+        },
+        "files": {"samples": SAMPLES, "grid": GRID},
+        "config": cfg.to_dict(),
+    }
+    report = _jsonable(report)
+    validate_record(report, "eval", REPORT)
+    for row in rows:
+        validate_record(row, "eval_sample", SAMPLES)
+    grid = grid_image(kept, prompts, {(r["group"], r["index"]): r for r in rows}, scored=not pairwise)
+    write_outputs(
+        out,
+        {
+            SAMPLES: b"".join(json_bytes(r) + b"\n" for r in rows),
+            GRID: png_bytes(grid),
+            REPORT: json_bytes(report),
+        },
+    )
+    report["out"] = str(out)  # for the caller; not part of the file
+    return report
+
+
+def _jsonable(value):
+    import json
+
+    return json.loads(json.dumps(value, default=str))
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    """The summary as a rich table (what `prefkit eval` prints)."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    s = report["summary"]
+    fmt = lambda v, d=3: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+
+    def interval(m: dict) -> str:
+        if m["mean"] is None:
+            return "-"
+        if m["low"] is None:
+            return fmt(m["mean"], 4)
+        return f"{m['mean']:.4g}  [{m['low']:.4g}, {m['high']:.4g}]"
+
+    table = Table(title=escape(f"{report['lora']} vs its base model, judged by {report['judge']['source']}"))
+    table.add_column("")
+    table.add_column("value (95 % interval)", overflow="fold")
+    wr = s["win_rate"]
+    table.add_row(
+        "win rate (tuned)",
+        "-" if wr["value"] is None else f"{wr['value']:.3f}  [{wr['low']:.3f}, {wr['high']:.3f}]",
+    )
+    table.add_row(
+        "wins / ties / losses",
+        f"{s['wins']} / {s['ties']} / {s['losses']}"
+        + (f"  ({s['no_verdict']} without verdict)" if s["no_verdict"] else ""),
+    )
+    if s["scores"] is not None:
+        for side in ("base", "tuned", "difference"):
+            table.add_row(
+                f"score {side}" if side != "difference" else "score tuned - base", interval(s["scores"][side])
+            )
+    d = s["drift"]
+    table.add_row(
+        "latent RMS distance", interval(d["latent_rms"]) + f"  (base x0 RMS {d['latent_rms_base']:.3g})"
+    )
+    table.add_row("pixel mean abs. diff. (0-255)", interval(d["pixel_mad"]))
+    if d["kl_per_step"] is not None:
+        table.add_row("KL(tuned || base) per step", interval(d["kl_per_step"]))
+    console = Console()
+    console.print(table)
+    for note in report["notes"]:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
