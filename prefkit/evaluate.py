@@ -30,6 +30,7 @@ Drift, per sample:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import shutil
@@ -182,6 +183,57 @@ def check_out(out: Path, overwrite: bool) -> None:
         )
 
 
+def _dataset_folder(origin: Origin) -> Path | None:
+    from prefkit.shards import MANIFEST
+
+    ds = Path(str(origin.dataset or "")).expanduser()
+    return ds if origin.dataset and (ds / MANIFEST).is_file() else None
+
+
+def training_source(origin: Origin) -> str | None:
+    """The judge that labelled the LoRA's training pairs (the label sets' ``source``), when it is one
+    judge that eval can run again; None otherwise (human labels, several judges, no run found)."""
+    from prefkit.label import source_kind
+    from prefkit.labels import label_sets
+
+    folder = _dataset_folder(origin)
+    if folder is None or origin.train is None:
+        return None
+    chosen = origin.train.get("labels")
+    names = [n.strip() for n in str(chosen).split(",") if n.strip()] if chosen else label_sets(folder)
+    sources = set()
+    for name in names:
+        meta = folder / "labels" / f"{name}.meta.json"
+        try:
+            sources.add(json.loads(meta.read_text()).get("source"))
+        except (OSError, ValueError):
+            return None
+    if len(sources) != 1:
+        return None
+    source = sources.pop()
+    return source if source and source_kind(source) != "human" else None
+
+
+def fill_defaults(cfg: EvalConfig, origin: Origin) -> tuple[EvalConfig, list[str]]:
+    """--source defaults to the judge that labelled the training pairs; prompts default to the held-out
+    shapes captions (``--prompts shapes-heldout``) when the training prompts are all shapes captions
+    (the built-in tiny-shapes model's world). Each default taken is returned as a note."""
+    notes = []
+    if not cfg.source:
+        source = training_source(origin)
+        if source:
+            cfg = dataclasses.replace(cfg, source=source)
+            notes.append(f"--source {source}: the judge that labelled the training pairs")
+    if not cfg.prompt and not cfg.prompts and origin.manifest is not None:
+        from prefkit.shapes import parse_caption
+
+        train_prompts = origin.manifest.get("prompts") or []
+        if train_prompts and all(parse_caption(p) is not None for p in train_prompts):
+            cfg = dataclasses.replace(cfg, prompts="shapes-heldout")
+            notes.append("--prompts shapes-heldout: colour-shape combinations the built-in model never saw")
+    return cfg, notes
+
+
 def validate(cfg: EvalConfig) -> None:
     for name in ("samples", "batch_size", "judge_batch_size"):
         if getattr(cfg, name) < 1:
@@ -192,15 +244,16 @@ def validate(cfg: EvalConfig) -> None:
         raise PrefkitError(f"--tie-margin {cfg.tie_margin}: must be >= 0")
     if not cfg.source:
         raise PrefkitError(
-            "--source is required: the judge, any AI or rule source of prefkit label "
-            "(jpeg, aesthetic, pickscore, llava, python:module:function)"
+            "--source is required (the training pairs' judge could not be found or was human): the judge, "
+            "any AI or rule source of prefkit label (jpeg, shapes, aesthetic, pickscore, llava, "
+            "python:module:function)"
         )
     from prefkit.label import source_kind
 
     if source_kind(cfg.source) == "human":
         raise PrefkitError(
             f"--source {cfg.source}: eval needs a judge it can run on fresh images "
-            "(jpeg, aesthetic, pickscore, llava, python:module:function), not imported human labels"
+            "(jpeg, shapes, aesthetic, pickscore, llava, python:module:function), not imported human labels"
         )
 
 
@@ -406,14 +459,15 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
     started = time.perf_counter()
     # 1. settings: everything that can be checked without loading a model --------------------------------
-    validate(cfg)
     origin = find_origin(cfg.lora)
+    cfg, defaulted = fill_defaults(cfg, origin)
+    validate(cfg)
     out = Path(cfg.out).expanduser() if cfg.out else default_out(origin.lora)
     check_out(out, cfg.overwrite)
     prompts = resolve_prompts(cfg.prompt, cfg.prompts)
     values, origins, load_from = resolve_settings(cfg, origin)
     device = eval_device(cfg.device)
-    notes = list(origin.notes)
+    notes = list(origin.notes) + defaulted
     if origin.manifest is not None:
         train_prompts = set(origin.manifest.get("prompts") or [])
         shared = sum(p in train_prompts for p in prompts)

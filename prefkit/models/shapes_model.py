@@ -10,10 +10,11 @@ Everything is made here, from a seed, on a CPU; nothing is downloaded::
 2. Text encoders: two CLIP text encoders with projection and a one-layer T5 encoder, randomly initialised
    from the seed and kept frozen. They are not trained: their outputs already tell the words and their
    order apart, and the denoiser learns to read them (freezing them lets every caption be encoded once).
-3. VAE: an AutoencoderKL (downscale 2, 4 latent channels) trained on drawn pictures to reconstruct them
-   (MSE + a small KL term). Its latents' mean and standard deviation become the pipeline's
-   ``shift_factor`` and ``scaling_factor``, as SD3's VAE does.
-4. Denoiser: an SD3Transformer2DModel (joint attention over text and 2x2 latent patches) trained by
+3. VAE: an AutoencoderKL (downscale 4: 32 px pictures <-> 8 x 8 x 8 latents) trained on drawn pictures
+   to reconstruct them (MSE + a small KL term). Its latents' mean and standard deviation become the
+   pipeline's ``shift_factor`` and ``scaling_factor``, as SD3's VAE does. The coarse latent leaves the
+   crisp edges to the decoder and a small layout problem to the denoiser.
+4. Denoiser: an SD3Transformer2DModel (joint attention over the text and the 64 latent pixels, patch 1) trained by
    rectified flow (x_t = (1 - s) x_0 + s e, target e - x_0, s ~ logit-normal(0, 1) as in SD3) on drawn
    pictures and their captions (10 % of captions dropped to the empty prompt, for classifier-free
    guidance), with AdamW, warm-up, cosine decay and an EMA of the weights (the EMA is what is saved).
