@@ -216,6 +216,22 @@ def train(
     timestep_fraction: Annotated[
         float, typer.Option("--timestep-fraction", help=_t("timestep_fraction"))
     ] = TrainConfig.timestep_fraction,
+    clip_range: Annotated[
+        float, typer.Option("--clip-range", help=_t("clip_range"))
+    ] = TrainConfig.clip_range,
+    adv_clip: Annotated[float, typer.Option("--adv-clip", help=_t("adv_clip"))] = TrainConfig.adv_clip,
+    min_prompt_count: Annotated[
+        int, typer.Option("--min-prompt-count", help=_t("min_prompt_count"))
+    ] = TrainConfig.min_prompt_count,
+    score_function: Annotated[bool, typer.Option("--score-function", help=_t("score_function"))] = False,
+    kl_coef: Annotated[float, typer.Option("--kl-coef", help=_t("kl_coef"))] = TrainConfig.kl_coef,
+    critic_lr: Annotated[float, typer.Option("--critic-lr", help=_t("critic_lr"))] = TrainConfig.critic_lr,
+    critic_reset_every: Annotated[
+        int, typer.Option("--critic-reset-every", help=_t("critic_reset_every"))
+    ] = TrainConfig.critic_reset_every,
+    init_lora: Annotated[
+        str | None, typer.Option("--init-lora", help=_t("init_lora"), show_default=False)
+    ] = None,
     lr: Annotated[float, typer.Option("--lr", help=_t("lr"))] = TrainConfig.lr,
     weight_decay: Annotated[
         float | None, typer.Option("--weight-decay", help=_t("weight_decay"), show_default=False)
@@ -279,13 +295,18 @@ def train(
     ] = None,
 ) -> None:
     """Train a LoRA with offline D3PO, dense-reward DPO or Diffusion-DPO (final image pairs) against the
-    frozen base model (adapters off)."""
+    frozen base model (adapters off), or with DDPO / TDPO on a scorer's per-sample scores."""
     values = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__}
     values["out"] = str(out) if out is not None else None
     cfg, last = _run_stage(ctx, TrainConfig, config, values, "prefkit.train", "run_train")
     if not cfg.quiet and _is_main_process():
+        shown = (
+            f"accuracy {last['accuracy']:.2f}"
+            if "accuracy" in last
+            else f"clipfrac {last['clipfrac']:.2f}, approx_kl {last['approx_kl']:.2e}"
+        )
         typer.echo(
-            f"trained {last['step']} steps: loss {last['loss']:.4f}, accuracy {last['accuracy']:.2f}; "
+            f"trained {last['step']} steps: loss {last['loss']:.4f}, {shown}; "
             + (f"{last['ties_skipped']} ties dropped; " if "ties_skipped" in last else "")
             + f"LoRA in {Path(cfg.out) / 'lora'} (pipe.load_lora_weights), metrics in {Path(cfg.out) / 'metrics.jsonl'}"
         )

@@ -244,11 +244,15 @@ class TrainConfig:
     out: str = field(None, "Output folder: LoRA, checkpoints, metrics.jsonl, config.yaml.")
     objective: str = field(
         "d3po",
-        "d3po (per-step clamped-ratio DPO), dense (gamma-weighted dense-reward DPO) or diffusion-dpo "
-        "(Diffusion-DPO on final image pairs in Pick-a-Pic format: caption, jpg_0, jpg_1, label_0).",
+        "d3po (per-step clamped-ratio DPO), dense (gamma-weighted dense-reward DPO), diffusion-dpo "
+        "(Diffusion-DPO on final image pairs in Pick-a-Pic format: caption, jpg_0, jpg_1, label_0), "
+        "ddpo (DDPO's clipped importance-sampled policy gradient on the label set's per-sample scores) or "
+        "tdpo (ddpo with TDPO's temporal critic giving per-step advantages).",
     )
     labels: str | None = field(
-        None, "Label set(s) to train on, comma-separated to merge (default: the only one)."
+        None,
+        "Label set(s) to train on, comma-separated to merge (default: the only one); ddpo/tdpo: one set "
+        "with per-sample scores (labels/NAME.scores.jsonl, written by a scorer source).",
     )
     model: str | None = field(
         None,
@@ -270,7 +274,33 @@ class TrainConfig:
         "dense: steps drawn from Cat(gamma^k) per pair, shared by winner and loser (0 = exact sum over all steps).",
     )
     timestep_fraction: float = field(
-        1.0, "d3po: fraction of each trajectory's steps trained on (shuffled per pair)."
+        1.0, "d3po, ddpo, tdpo: fraction of each trajectory's steps trained on (shuffled per pair / sample)."
+    )
+    clip_range: float = field(
+        1e-4, "ddpo, tdpo: PPO clip range c of the importance ratio exp(lp_theta - lp_stored) (DDPO: 1e-4)."
+    )
+    adv_clip: float = field(5.0, "ddpo, tdpo: normalised advantages are clipped to [-A, A] (DDPO: 5).")
+    min_prompt_count: int = field(
+        16,
+        "ddpo, tdpo: a prompt with at least this many scored samples is normalised by its own mean/std, "
+        "one with fewer by the whole dataset's (DDPO's per-prompt stat tracker; 0 = always per prompt).",
+    )
+    score_function: bool = field(
+        False, "ddpo: the score-function estimator DDPO-SF (loss -A lp_theta; no ratio, no clipping)."
+    )
+    kl_coef: float = field(
+        0.0,
+        "DPOK's KL regulariser to the reference (base model, adapters off): coefficient of the per-step "
+        "Gaussian KL (mean over latent elements); d3po, dense, ddpo, tdpo. 0 = off (no extra forward).",
+    )
+    critic_lr: float = field(1e-4, "tdpo: AdamW learning rate of the temporal critic.")
+    critic_reset_every: int = field(
+        0, "tdpo: reset the critic's active neurons every N optimizer steps (TDPO-R); 0 = never."
+    )
+    init_lora: str | None = field(
+        None,
+        "Start from this LoRA (a folder saved by prefkit train: OUT/lora or OUT/checkpoint-N) instead of "
+        "a fresh one; same rank and targets. The reference stays the base model.",
     )
     lr: float = field(3e-5, "AdamW learning rate.")
     weight_decay: float | None = field(None, "AdamW weight decay (default: 1e-4 for d3po, 2e-3 for dense).")
@@ -280,7 +310,7 @@ class TrainConfig:
     warmup_steps: int = field(0, "Linear warm-up, in optimizer steps.")
     max_grad_norm: float = field(1.0, "Gradient clipping (global L2 norm); 0 turns it off.")
     max_steps: int = field(100, "Optimizer steps to train.")
-    batch_size: int = field(2, "Pairs per process per micro-batch (per GPU).")
+    batch_size: int = field(2, "Pairs (ddpo, tdpo: samples) per process per micro-batch (per GPU).")
     grad_accum: int = field(
         1, "Micro-batches per optimizer step (global batch = batch-size x processes x grad-accum)."
     )
