@@ -312,6 +312,75 @@ def train(
         )
 
 
+def _lp(name: str) -> str:
+    from prefkit.config import LoopConfig
+
+    return _h(name, LoopConfig)
+
+
+@app.command()
+def loop(
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option("--out", help=_lp("out"), show_default=False)] = None,
+    rounds: Annotated[int, typer.Option("--rounds", help=_lp("rounds"))] = 2,
+    model: Annotated[str, typer.Option("--model", help=_lp("model"))] = "tiny-sd3",
+    prompt: Annotated[
+        list[str] | None, typer.Option("--prompt", help=_lp("prompt"), show_default=False)
+    ] = None,
+    prompts: Annotated[str | None, typer.Option("--prompts", help=_lp("prompts"), show_default=False)] = None,
+    samples_per_prompt: Annotated[
+        int, typer.Option("--samples-per-prompt", help=_lp("samples_per_prompt"))
+    ] = 8,
+    steps: Annotated[int, typer.Option("--steps", help=_lp("steps"))] = 20,
+    guidance: Annotated[float, typer.Option("--guidance", help=_lp("guidance"))] = 5.0,
+    noise_level: Annotated[
+        float | None, typer.Option("--noise-level", help=_lp("noise_level"), show_default=False)
+    ] = None,
+    eta: Annotated[float | None, typer.Option("--eta", help=_lp("eta"), show_default=False)] = None,
+    height: Annotated[int | None, typer.Option("--height", help=_lp("height"), show_default=False)] = None,
+    width: Annotated[int | None, typer.Option("--width", help=_lp("width"), show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed", help=_lp("seed"))] = 0,
+    generate_batch_size: Annotated[
+        int, typer.Option("--generate-batch-size", help=_lp("generate_batch_size"))
+    ] = 8,
+    source: Annotated[str, typer.Option("--source", help=_lp("source"))] = "jpeg",
+    objective: Annotated[str, typer.Option("--objective", help=_lp("objective"))] = "ddpo",
+    max_steps: Annotated[int, typer.Option("--max-steps", help=_lp("max_steps"))] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", help=_lp("batch_size"))] = 4,
+    lr: Annotated[float, typer.Option("--lr", help=_lp("lr"))] = 3e-4,
+    kl_coef: Annotated[float, typer.Option("--kl-coef", help=_lp("kl_coef"))] = 0.0,
+    timestep_fraction: Annotated[
+        float, typer.Option("--timestep-fraction", help=_lp("timestep_fraction"))
+    ] = 1.0,
+    lora_rank: Annotated[int, typer.Option("--lora-rank", help=_lp("lora_rank"))] = 4,
+    train_config: Annotated[
+        str | None, typer.Option("--train-config", help=_lp("train_config"), show_default=False)
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help=_lp("resume"))] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=_lp("quiet"))] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="YAML/JSON file with the same keys as these flags; flags win."),
+    ] = None,
+) -> None:
+    """Rounds of generate (current LoRA) -> label (a scorer) -> train (from that LoRA): OUT/round-NNN/,
+    rounds.jsonl with the mean score of every round's fresh samples, and rewards.png."""
+    from prefkit.config import LoopConfig
+
+    values = {k: v for k, v in locals().items() if k in LoopConfig.__dataclass_fields__}
+    values["prompt"] = values["prompt"] or []
+    values["out"] = str(out) if out is not None else None
+    cfg, records = _run_stage(ctx, LoopConfig, config, values, "prefkit.loop", "run_loop")
+    if not cfg.quiet:
+        for rec in records:
+            trained = f"-> trained {rec['lora']}" if rec["lora"] else "(measured only)"
+            typer.echo(
+                f"round {rec['round']}: mean score {rec['score_mean']:.4f} +- {rec['score_se']:.4f} "
+                f"({rec['samples']} samples) {trained}"
+            )
+        typer.echo(f"rounds in {Path(cfg.out) / 'rounds.jsonl'}, plot {Path(cfg.out) / 'rewards.png'}")
+
+
 @app.command()
 def bench(
     what: Annotated[

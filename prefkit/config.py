@@ -353,6 +353,49 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
+class LoopConfig:
+    """Settings of ``prefkit loop``: rounds of generate (with the current LoRA) -> label -> train, each
+    round's data and adapter kept, so that an online method (DDPO, TDPO, ...) runs as offline rounds."""
+
+    out: str = field(None, "Output folder: round-NNN/{data,train}, rounds.jsonl, rewards.png.")
+    rounds: int = field(2, "Training rounds R; round R (no training) then measures the last adapter.")
+    model: str = field("tiny-sd3", "Base model, as for `prefkit generate --model`.")
+    prompt: list[str] = field(help="A prompt; repeat the flag for several.", default_factory=list)
+    prompts: str | None = field(None, "A prompt file or a built-in list, as for `prefkit generate`.")
+    samples_per_prompt: int = field(8, "Samples per prompt and round.")
+    steps: int = field(20, "Denoising steps K per trajectory.")
+    guidance: float = field(5.0, "Classifier-free guidance scale w (1 = off).")
+    noise_level: float | None = field(None, "Flow-SDE noise level a (flow models). Default 0.7.")
+    eta: float | None = field(None, "DDIM eta (DDIM models). Default 1.0.")
+    height: int | None = field(None, "Image height in pixels (default: the model's).")
+    width: int | None = field(None, "Image width in pixels (default: the model's).")
+    seed: int = field(0, "Base seed; round r generates with seed + r and trains with seed + r.")
+    generate_batch_size: int = field(8, "Images denoised together when generating.")
+    source: str = field(
+        "jpeg",
+        "Scorer of every round's samples: jpeg, aesthetic, pickscore, llava or python:module:function "
+        "(its per-sample scores are the reward).",
+    )
+    objective: str = field("ddpo", "Training objective of each round: ddpo, tdpo, d3po or dense.")
+    max_steps: int = field(20, "Optimizer steps per round.")
+    batch_size: int = field(4, "Samples (pairs for d3po/dense) per micro-batch.")
+    lr: float = field(3e-4, "AdamW learning rate (DDPO's default 3e-4).")
+    kl_coef: float = field(0.0, "DPOK's KL coefficient (see prefkit train --kl-coef).")
+    timestep_fraction: float = field(1.0, "Fraction of each trajectory's steps trained on.")
+    lora_rank: int = field(4, "LoRA rank r.")
+    train_config: str | None = field(
+        None,
+        "A YAML/JSON file of further `prefkit train` settings (the keys of `prefkit train --config`), "
+        "applied to every round.",
+    )
+    resume: bool = field(False, "Continue in --out: finished rounds (data, labels, training) are kept.")
+    quiet: bool = field(False, "No progress bars.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
 class PublishConfig:
     """Settings of ``prefkit publish``: a Hub-ready dataset folder (pairs as parquet, shards, card)."""
 
