@@ -138,6 +138,7 @@ class RewardStep:
         self.sampler, self.cache, self.embeds = sampler, cache, embeds
         self.critic = self.critic_opt = None
         self.neurons_reset = 0  # TDPO-R: critic neurons re-initialised in this process's run
+        self.step_features: list[torch.Tensor] = []  # the critic's inputs of this optimizer step
         if cfg.objective == "tdpo":
             from prefkit.critic import TemporalCritic
 
@@ -269,7 +270,11 @@ class RewardStep:
         loss = critic_loss(values, adv.repeat(S))
         (loss * scale).backward()
         out = {"critic_loss": loss.item(), "value_mean": values.mean().item()}
+        # TDPO-R's active neurons are judged on all the inputs of the optimizer step (every micro-batch)
+        self.step_features.append(feats.detach())
         if sync:
+            step_features = torch.cat(self.step_features)
+            self.step_features = []
             params = list(self.critic.parameters())
             if accelerator.num_processes > 1:
                 for p in params:
@@ -284,7 +289,7 @@ class RewardStep:
                 self.neurons_reset += reset_active_neurons(
                     self.critic,
                     self.critic_opt,
-                    feats.detach(),
+                    step_features,
                     generator=g,
                     reduce=lambda t: accelerator.reduce(t, "mean"),
                 )
