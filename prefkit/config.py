@@ -260,7 +260,9 @@ class TrainConfig:
         "(diffusion-dpo: any SD 1.x/2.x, SD3 or FLUX model; required unless the dataset names one).",
     )
     reference: str = field(
-        "live", "Reference log-probs: live (base model, adapters disabled) or stored (from sampling)."
+        "live",
+        "Reference log-probs: live (base model, adapters disabled) or stored (from sampling). ddpo/tdpo "
+        "always use the stored lp as the old policy; their --kl-coef reference is live.",
     )
     beta: float | None = field(
         None,

@@ -1,7 +1,9 @@
 """``prefkit train``: offline D3PO or dense-reward DPO on stored trajectories, LoRA, accelerate.
 
-Diffusion-DPO on final image pairs lives in prefkit.train_images and reuses the machinery here
-(start_accelerator, setup_run, begin_outputs, train_loop, finish_run).
+Diffusion-DPO on final image pairs lives in prefkit.train_images, and DDPO / TDPO on per-sample scores in
+prefkit.train_rewards; both reuse the machinery here (start_accelerator, setup_run, begin_outputs,
+train_loop, finish_run). --kl-coef (DPOK's KL to the reference) and --init-lora apply to every trajectory
+objective.
 
 Reads top to bottom: settings and checks (dataset, labels, model, guidance), the policy (base denoiser
 + LoRA; the reference is the SAME network with the adapters disabled, MATH.md 4), the pair stream,
