@@ -385,3 +385,51 @@ def test_loop_refuses_a_non_empty_out_without_resume(tmp_path):
     (tmp_path / "x").write_text("")
     with pytest.raises(PrefkitError, match="not empty"):
         run_loop(LoopConfig(out=str(tmp_path), prompt=["a"]))
+
+
+@pytest.mark.slow
+def test_tdpo_two_processes_equal_one_process(labelled_dataset, tmp_path):
+    """2 processes (gloo, CPU) x 1 sample == 1 process x 2 samples: the LoRA (DDP) and the critic (its
+    gradients averaged by hand, TDPO-R's activation scores too) end up the same."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "MASTER_PORT": port}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--main_process_port", port, "-m", "prefkit.cli.main"]
+    two = tmp_path / "two"
+    args = ["train", str(labelled_dataset), "--out", str(two), "--objective", "tdpo", "--batch-size", "1"]
+    args += [
+        "--max-steps",
+        "2",
+        "--lr",
+        str(LR),
+        "--checkpoint-every",
+        "0",
+        "--critic-reset-every",
+        "1",
+        "-q",
+    ]
+    with open(tmp_path / "launch.out", "w") as f:
+        proc = subprocess.run([*launch, *args], stdout=f, stderr=subprocess.STDOUT, env=env, timeout=400)
+    assert proc.returncode == 0, (tmp_path / "launch.out").read_text()
+    one = tmp_path / "one"
+    _train(labelled_dataset, one, objective="tdpo", batch_size=2, lr=LR, critic_reset_every=1)
+    for x, y in zip(_metrics(two), _metrics(one), strict=True):
+        for key in ("loss", "log_ratio", "score_mean", "critic_loss"):
+            assert x[key] == pytest.approx(y[key], rel=0, abs=1e-6), (key, x[key], y[key])
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-5)
+    lora = "lora/pytorch_lora_weights.safetensors"
+    ta, tb = load_file(str(two / lora)), load_file(str(one / lora))
+    diff = torch.cat([(ta[k] - tb[k]).abs().flatten() for k in ta])
+    assert float((diff <= 1e-6).float().mean()) >= 0.99
+    ca = load_file(str(two / "critic" / "critic.safetensors"))
+    cb = load_file(str(one / "critic" / "critic.safetensors"))
+    for k in ca:
+        assert_close(ca[k], cb[k], atol=1e-5, rtol=0)
