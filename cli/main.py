@@ -226,6 +226,22 @@ def train(
     timestep_fraction: Annotated[
         float, typer.Option("--timestep-fraction", help=_t("timestep_fraction"))
     ] = TrainConfig.timestep_fraction,
+    clip_range: Annotated[
+        float, typer.Option("--clip-range", help=_t("clip_range"))
+    ] = TrainConfig.clip_range,
+    adv_clip: Annotated[float, typer.Option("--adv-clip", help=_t("adv_clip"))] = TrainConfig.adv_clip,
+    min_prompt_count: Annotated[
+        int, typer.Option("--min-prompt-count", help=_t("min_prompt_count"))
+    ] = TrainConfig.min_prompt_count,
+    score_function: Annotated[bool, typer.Option("--score-function", help=_t("score_function"))] = False,
+    kl_coef: Annotated[float, typer.Option("--kl-coef", help=_t("kl_coef"))] = TrainConfig.kl_coef,
+    critic_lr: Annotated[float, typer.Option("--critic-lr", help=_t("critic_lr"))] = TrainConfig.critic_lr,
+    critic_reset_every: Annotated[
+        int, typer.Option("--critic-reset-every", help=_t("critic_reset_every"))
+    ] = TrainConfig.critic_reset_every,
+    init_lora: Annotated[
+        str | None, typer.Option("--init-lora", help=_t("init_lora"), show_default=False)
+    ] = None,
     lr: Annotated[float, typer.Option("--lr", help=_t("lr"))] = TrainConfig.lr,
     weight_decay: Annotated[
         float | None, typer.Option("--weight-decay", help=_t("weight_decay"), show_default=False)
@@ -289,13 +305,18 @@ def train(
     ] = None,
 ) -> None:
     """Train a LoRA with offline D3PO, dense-reward DPO or Diffusion-DPO (final image pairs) against the
-    frozen base model (adapters off)."""
+    frozen base model (adapters off), or with DDPO / TDPO on a scorer's per-sample scores."""
     values = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__}
     values["out"] = str(out) if out is not None else None
     cfg, last = _run_stage(ctx, TrainConfig, config, values, "prefkit.train", "run_train")
     if not cfg.quiet and _is_main_process():
+        shown = (
+            f"accuracy {last['accuracy']:.2f}"
+            if "accuracy" in last
+            else f"clipfrac {last['clipfrac']:.2f}, approx_kl {last['approx_kl']:.2e}"
+        )
         typer.echo(
-            f"trained {last['step']} steps: loss {last['loss']:.4f}, accuracy {last['accuracy']:.2f}; "
+            f"trained {last['step']} steps: loss {last['loss']:.4f}, {shown}; "
             + (f"{last['ties_skipped']} ties dropped; " if "ties_skipped" in last else "")
             + f"LoRA in {Path(cfg.out) / 'lora'} (pipe.load_lora_weights), metrics in {Path(cfg.out) / 'metrics.jsonl'}"
         )
@@ -377,6 +398,75 @@ def eval_(
 
         print_summary(report)
         typer.echo(f"wrote {Path(report['out']) / 'report.json'}, samples.jsonl and grid.png")
+
+
+def _lp(name: str) -> str:
+    from prefkit.config import LoopConfig
+
+    return _h(name, LoopConfig)
+
+
+@app.command()
+def loop(
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option("--out", help=_lp("out"), show_default=False)] = None,
+    rounds: Annotated[int, typer.Option("--rounds", help=_lp("rounds"))] = 2,
+    model: Annotated[str, typer.Option("--model", help=_lp("model"))] = "tiny-sd3",
+    prompt: Annotated[
+        list[str] | None, typer.Option("--prompt", help=_lp("prompt"), show_default=False)
+    ] = None,
+    prompts: Annotated[str | None, typer.Option("--prompts", help=_lp("prompts"), show_default=False)] = None,
+    samples_per_prompt: Annotated[
+        int, typer.Option("--samples-per-prompt", help=_lp("samples_per_prompt"))
+    ] = 8,
+    steps: Annotated[int, typer.Option("--steps", help=_lp("steps"))] = 20,
+    guidance: Annotated[float, typer.Option("--guidance", help=_lp("guidance"))] = 5.0,
+    noise_level: Annotated[
+        float | None, typer.Option("--noise-level", help=_lp("noise_level"), show_default=False)
+    ] = None,
+    eta: Annotated[float | None, typer.Option("--eta", help=_lp("eta"), show_default=False)] = None,
+    height: Annotated[int | None, typer.Option("--height", help=_lp("height"), show_default=False)] = None,
+    width: Annotated[int | None, typer.Option("--width", help=_lp("width"), show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed", help=_lp("seed"))] = 0,
+    generate_batch_size: Annotated[
+        int, typer.Option("--generate-batch-size", help=_lp("generate_batch_size"))
+    ] = 8,
+    source: Annotated[str, typer.Option("--source", help=_lp("source"))] = "jpeg",
+    objective: Annotated[str, typer.Option("--objective", help=_lp("objective"))] = "ddpo",
+    max_steps: Annotated[int, typer.Option("--max-steps", help=_lp("max_steps"))] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", help=_lp("batch_size"))] = 4,
+    lr: Annotated[float, typer.Option("--lr", help=_lp("lr"))] = 3e-4,
+    kl_coef: Annotated[float, typer.Option("--kl-coef", help=_lp("kl_coef"))] = 0.0,
+    timestep_fraction: Annotated[
+        float, typer.Option("--timestep-fraction", help=_lp("timestep_fraction"))
+    ] = 1.0,
+    lora_rank: Annotated[int, typer.Option("--lora-rank", help=_lp("lora_rank"))] = 4,
+    train_config: Annotated[
+        str | None, typer.Option("--train-config", help=_lp("train_config"), show_default=False)
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help=_lp("resume"))] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=_lp("quiet"))] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="YAML/JSON file with the same keys as these flags; flags win."),
+    ] = None,
+) -> None:
+    """Rounds of generate (current LoRA) -> label (a scorer) -> train (from that LoRA): OUT/round-NNN/,
+    rounds.jsonl with the mean score of every round's fresh samples, and rewards.png."""
+    from prefkit.config import LoopConfig
+
+    values = {k: v for k, v in locals().items() if k in LoopConfig.__dataclass_fields__}
+    values["prompt"] = values["prompt"] or []
+    values["out"] = str(out) if out is not None else None
+    cfg, records = _run_stage(ctx, LoopConfig, config, values, "prefkit.loop", "run_loop")
+    if not cfg.quiet:
+        for rec in records:
+            trained = f"-> trained {rec['lora']}" if rec["lora"] else "(measured only)"
+            typer.echo(
+                f"round {rec['round']}: mean score {rec['score_mean']:.4f} +- {rec['score_se']:.4f} "
+                f"({rec['samples']} samples) {trained}"
+            )
+        typer.echo(f"rounds in {Path(cfg.out) / 'rounds.jsonl'}, plot {Path(cfg.out) / 'rewards.png'}")
 
 
 @app.command()

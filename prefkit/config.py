@@ -245,11 +245,15 @@ class TrainConfig:
     out: str = field(None, "Output folder: LoRA, checkpoints, metrics.jsonl, config.yaml.")
     objective: str = field(
         "d3po",
-        "d3po (per-step clamped-ratio DPO), dense (gamma-weighted dense-reward DPO) or diffusion-dpo "
-        "(Diffusion-DPO on final image pairs in Pick-a-Pic format: caption, jpg_0, jpg_1, label_0).",
+        "d3po (per-step clamped-ratio DPO), dense (gamma-weighted dense-reward DPO), diffusion-dpo "
+        "(Diffusion-DPO on final image pairs in Pick-a-Pic format: caption, jpg_0, jpg_1, label_0), "
+        "ddpo (DDPO's clipped importance-sampled policy gradient on the label set's per-sample scores) or "
+        "tdpo (ddpo with TDPO's temporal critic giving per-step advantages).",
     )
     labels: str | None = field(
-        None, "Label set(s) to train on, comma-separated to merge (default: the only one)."
+        None,
+        "Label set(s) to train on, comma-separated to merge (default: the only one); ddpo/tdpo: one set "
+        "with per-sample scores (labels/NAME.scores.jsonl, written by a scorer source).",
     )
     model: str | None = field(
         None,
@@ -257,7 +261,9 @@ class TrainConfig:
         "(diffusion-dpo: any SD 1.x/2.x, SD3 or FLUX model; required unless the dataset names one).",
     )
     reference: str = field(
-        "live", "Reference log-probs: live (base model, adapters disabled) or stored (from sampling)."
+        "live",
+        "Reference log-probs: live (base model, adapters disabled) or stored (from sampling). ddpo/tdpo "
+        "always use the stored lp as the old policy; their --kl-coef reference is live.",
     )
     beta: float | None = field(
         None,
@@ -271,7 +277,33 @@ class TrainConfig:
         "dense: steps drawn from Cat(gamma^k) per pair, shared by winner and loser (0 = exact sum over all steps).",
     )
     timestep_fraction: float = field(
-        1.0, "d3po: fraction of each trajectory's steps trained on (shuffled per pair)."
+        1.0, "d3po, ddpo, tdpo: fraction of each trajectory's steps trained on (shuffled per pair / sample)."
+    )
+    clip_range: float = field(
+        1e-4, "ddpo, tdpo: PPO clip range c of the importance ratio exp(lp_theta - lp_stored) (DDPO: 1e-4)."
+    )
+    adv_clip: float = field(5.0, "ddpo, tdpo: normalised advantages are clipped to [-A, A] (DDPO: 5).")
+    min_prompt_count: int = field(
+        16,
+        "ddpo, tdpo: a prompt with at least this many scored samples is normalised by its own mean/std, "
+        "one with fewer by the whole dataset's (DDPO's per-prompt stat tracker; 0 = always per prompt).",
+    )
+    score_function: bool = field(
+        False, "ddpo: the score-function estimator DDPO-SF (loss -A lp_theta; no ratio, no clipping)."
+    )
+    kl_coef: float = field(
+        0.0,
+        "DPOK's KL regulariser to the reference (base model, adapters off): coefficient of the per-step "
+        "Gaussian KL (mean over latent elements); d3po, dense, ddpo, tdpo. 0 = off (no extra forward).",
+    )
+    critic_lr: float = field(1e-4, "tdpo: AdamW learning rate of the temporal critic.")
+    critic_reset_every: int = field(
+        0, "tdpo: reset the critic's active neurons every N optimizer steps (TDPO-R); 0 = never."
+    )
+    init_lora: str | None = field(
+        None,
+        "Start from this LoRA (a folder saved by prefkit train: OUT/lora or OUT/checkpoint-N) instead of "
+        "a fresh one; same rank and targets. The reference stays the base model.",
     )
     lr: float = field(3e-5, "AdamW learning rate.")
     weight_decay: float | None = field(None, "AdamW weight decay (default: 1e-4 for d3po, 2e-3 for dense).")
@@ -281,7 +313,7 @@ class TrainConfig:
     warmup_steps: int = field(0, "Linear warm-up, in optimizer steps.")
     max_grad_norm: float = field(1.0, "Gradient clipping (global L2 norm); 0 turns it off.")
     max_steps: int = field(100, "Optimizer steps to train.")
-    batch_size: int = field(2, "Pairs per process per micro-batch (per GPU).")
+    batch_size: int = field(2, "Pairs (ddpo, tdpo: samples) per process per micro-batch (per GPU).")
     grad_accum: int = field(
         1, "Micro-batches per optimizer step (global batch = batch-size x processes x grad-accum)."
     )
@@ -318,6 +350,49 @@ class TrainConfig:
         "(default: the model's default size).",
     )
     quiet: bool = field(False, "No live display.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class LoopConfig:
+    """Settings of ``prefkit loop``: rounds of generate (with the current LoRA) -> label -> train, each
+    round's data and adapter kept, so that an online method (DDPO, TDPO, ...) runs as offline rounds."""
+
+    out: str = field(None, "Output folder: round-NNN/{data,train}, rounds.jsonl, rewards.png.")
+    rounds: int = field(2, "Training rounds R; round R (no training) then measures the last adapter.")
+    model: str = field("tiny-sd3", "Base model, as for `prefkit generate --model`.")
+    prompt: list[str] = field(help="A prompt; repeat the flag for several.", default_factory=list)
+    prompts: str | None = field(None, "A prompt file or a built-in list, as for `prefkit generate`.")
+    samples_per_prompt: int = field(8, "Samples per prompt and round.")
+    steps: int = field(20, "Denoising steps K per trajectory.")
+    guidance: float = field(5.0, "Classifier-free guidance scale w (1 = off).")
+    noise_level: float | None = field(None, "Flow-SDE noise level a (flow models). Default 0.7.")
+    eta: float | None = field(None, "DDIM eta (DDIM models). Default 1.0.")
+    height: int | None = field(None, "Image height in pixels (default: the model's).")
+    width: int | None = field(None, "Image width in pixels (default: the model's).")
+    seed: int = field(0, "Base seed; round r generates with seed + r and trains with seed + r.")
+    generate_batch_size: int = field(8, "Images denoised together when generating.")
+    source: str = field(
+        "jpeg",
+        "Scorer of every round's samples: jpeg, aesthetic, pickscore, llava or python:module:function "
+        "(its per-sample scores are the reward).",
+    )
+    objective: str = field("ddpo", "Training objective of each round: ddpo, tdpo, d3po or dense.")
+    max_steps: int = field(20, "Optimizer steps per round.")
+    batch_size: int = field(4, "Samples (pairs for d3po/dense) per micro-batch.")
+    lr: float = field(3e-4, "AdamW learning rate (DDPO's default 3e-4).")
+    kl_coef: float = field(0.0, "DPOK's KL coefficient (see prefkit train --kl-coef).")
+    timestep_fraction: float = field(1.0, "Fraction of each trajectory's steps trained on.")
+    lora_rank: int = field(4, "LoRA rank r.")
+    train_config: str | None = field(
+        None,
+        "A YAML/JSON file of further `prefkit train` settings (the keys of `prefkit train --config`), "
+        "applied to every round.",
+    )
+    resume: bool = field(False, "Continue in --out: finished rounds (data, labels, training) are kept.")
+    quiet: bool = field(False, "No progress bars.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -160,3 +160,104 @@ def logit_normal_sigmas(
 ) -> torch.Tensor:
     """s = sigmoid(m + std * N(0, 1)): SD3's logit-normal timestep density, in (0, 1)."""
     return torch.sigmoid(mean + std * torch.randn(n, generator=generator))
+
+
+# -- reward-driven objectives: DDPO, DPOK's KL, TDPO (one scalar score per sample) -------------------------
+
+
+@dataclass
+class PolicyLoss:
+    """loss: scalar (mean over the B samples and S steps); clipfrac: share of (sample, step) whose ratio lies
+    outside [1 - c, 1 + c]; approx_kl: mean 0.5 (lp_theta - lp_old)^2 (DDPO's estimate of KL(old || theta));
+    log_ratio: [B, S] lp_theta - lp_old (detached)."""
+
+    loss: torch.Tensor
+    clipfrac: torch.Tensor
+    approx_kl: torch.Tensor
+    log_ratio: torch.Tensor
+
+
+def ddpo_loss(
+    lp_theta: torch.Tensor,
+    lp_old: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_range: float = 1e-4,
+    score_function: bool = False,
+) -> PolicyLoss:
+    """DDPO (Black et al., "Training Diffusion Models with Reinforcement Learning", ICLR 2024), per step k:
+
+        r_k   = exp(lp_theta_k - lp_old_k)                          (importance ratio, lp_old = sampling policy)
+        L_k   = max( -A r_k, -A clip(r_k, 1 - c, 1 + c) )            (DDPO-IS: PPO's clipped surrogate)
+        L_k   = -A lp_theta_k                                        (DDPO-SF: REINFORCE, ``score_function``)
+        L     = mean over the B samples and the S steps
+
+    lp_theta, lp_old: float32 [B, S] (mean-over-elements lp, MATH.md 1: DDPO's clip 1e-4 assumes it);
+    advantages: [B] (one per sample, broadcast over its steps) or [B, S] (TDPO's per-step advantages).
+    At r = 1 inside the clip interval, d L_k / d lp_theta_k = -A: the IS and SF gradients agree there.
+    Defaults: c = 1e-4 (ddpo-pytorch ``train.clip_range``). The mean over B (not over a weight sum) keeps
+    B x accumulation A == (B A) x 1.
+    """
+    adv = advantages.to(lp_theta)
+    if adv.ndim == 1:
+        adv = adv[:, None].expand_as(lp_theta)
+    log_ratio = lp_theta - lp_old.to(lp_theta)
+    ratio = torch.exp(log_ratio)
+    if score_function:
+        per_step = -adv * lp_theta
+    else:
+        unclipped = -adv * ratio
+        clipped = -adv * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
+        per_step = torch.maximum(unclipped, clipped)
+    with torch.no_grad():
+        clipfrac = ((ratio - 1.0).abs() > clip_range).float().mean()
+        approx_kl = (0.5 * log_ratio**2).mean()
+    return PolicyLoss(per_step.mean(), clipfrac, approx_kl, log_ratio.detach())
+
+
+def gaussian_step_kl(mean_theta: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """DPOK's KL regulariser of one step (Fan et al., "DPOK", NeurIPS 2023, Lemma 4.1 / eq. 7): the policy's
+    and the reference's steps are Gaussians with the SAME std (the scheduler's), so per element
+
+        KL( N(mu_theta, s^2) || N(mu_ref, s^2) ) = (mu_theta - mu_ref)^2 / (2 s^2)
+
+    returned as the MEAN over the D latent elements, float32 [B] (the lp convention of MATH.md 1; DPOK sums
+    over the elements, so DPOK's coefficient beta corresponds to prefkit's --kl-coef = D beta). mean_ref
+    carries no gradient (the reference is frozen); mean_theta does. 0 exactly when the two means agree.
+    """
+    std = torch.as_tensor(std, dtype=torch.float32, device=mean_theta.device).expand_as(mean_theta)
+    diff = mean_theta.float() - mean_ref.detach().float()
+    return (diff**2 / (2 * std**2)).flatten(1).mean(dim=1)
+
+
+def per_prompt_advantages(
+    scores: torch.Tensor | list[float],
+    prompts: list[str],
+    min_count: int = 16,
+    clip: float = 5.0,
+) -> torch.Tensor:
+    """Normalised, clipped advantages from scalar scores: DDPO's ``PerPromptStatTracker`` over one dataset.
+
+        A_i = clip( (score_i - mean) / (std + 1e-6), -clip, clip )
+
+    mean and std (population std, numpy's default, as ddpo-pytorch) are those of the samples of prompt_i in
+    the dataset when the prompt has at least ``min_count`` of them, else those of ALL the scores (DDPO's
+    fallback for prompts seen too rarely; its defaults: buffer 16, min_count 16, advantage clip 5). A
+    dataset holds one whole round of samples, so "running" statistics are the dataset's; ``min_count`` 0
+    normalises every prompt by its own samples. float32 [N], in the order of ``scores``.
+    """
+    s = torch.as_tensor(scores, dtype=torch.float64)
+    if s.ndim != 1 or len(prompts) != s.shape[0]:
+        raise ValueError(f"{s.shape[0]} scores but {len(prompts)} prompts")
+    mean_all, std_all = s.mean(), s.std(unbiased=False)
+    adv = torch.empty_like(s)
+    by_prompt: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_prompt.setdefault(p, []).append(i)
+    for idx in by_prompt.values():
+        sel = s[idx]
+        if len(idx) >= max(min_count, 1):
+            mean, std = sel.mean(), sel.std(unbiased=False)
+        else:
+            mean, std = mean_all, std_all
+        adv[idx] = (sel - mean) / (std + 1e-6)
+    return adv.clamp(-clip, clip).float()

@@ -1,7 +1,9 @@
 """``prefkit train``: offline D3PO or dense-reward DPO on stored trajectories, LoRA, accelerate.
 
-Diffusion-DPO on final image pairs lives in prefkit.train_images and reuses the machinery here
-(start_accelerator, setup_run, begin_outputs, train_loop, finish_run).
+Diffusion-DPO on final image pairs lives in prefkit.train_images, and DDPO / TDPO on per-sample scores in
+prefkit.train_rewards; both reuse the machinery here (start_accelerator, setup_run, begin_outputs,
+train_loop, finish_run). --kl-coef (DPOK's KL to the reference) and --init-lora apply to every trajectory
+objective.
 
 Reads top to bottom: settings and checks (dataset, labels, model, guidance), the policy (base denoiser
 + LoRA; the reference is the SAME network with the adapters disabled, MATH.md 4), the pair stream,
@@ -35,17 +37,27 @@ import torch
 
 from prefkit.config import TrainConfig
 from prefkit.errors import PrefkitError
-from prefkit.losses import d3po_loss, dense_dpo_loss, gamma_weights, sample_dense_steps, soft_label_weight
+from prefkit.losses import (
+    d3po_loss,
+    dense_dpo_loss,
+    gamma_weights,
+    gaussian_step_kl,
+    sample_dense_steps,
+    soft_label_weight,
+)
 from prefkit.shards import SHARD_PATTERN, atomic_write_bytes, group_key, iter_samples, npy_load, read_manifest
 
-OBJECTIVES = ("d3po", "dense", "diffusion-dpo")
+OBJECTIVES = ("d3po", "dense", "diffusion-dpo", "ddpo", "tdpo")
+# objectives that train on per-sample scalar scores (prefkit.train_rewards) rather than on pairs
+REWARD_OBJECTIVES = ("ddpo", "tdpo")
 DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 CONTEXT_TARGETS = ["add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 # the settings a resumed run must share with the interrupted one
 RESUME_KEYS = (
     "dataset objective labels model reference beta eps gamma clip steps_per_pair timestep_fraction lr "
     "weight_decay adam_beta1 adam_beta2 lr_schedule warmup_steps max_grad_norm batch_size grad_accum "
-    "lora_rank lora_alpha lora_dropout lora_targets mixed_precision seed guidance negative_prompt resolution"
+    "lora_rank lora_alpha lora_dropout lora_targets mixed_precision seed guidance negative_prompt resolution "
+    "clip_range adv_clip min_prompt_count score_function kl_coef critic_lr critic_reset_every init_lora"
 ).split()
 
 
@@ -89,16 +101,30 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise PrefkitError(f"--gamma {cfg.gamma}: must be in (0, 1]")
     if not 0 < cfg.eps < 1:
         raise PrefkitError(f"--eps {cfg.eps}: must be in (0, 1)")
+    if cfg.clip_range <= 0 or cfg.adv_clip <= 0:
+        raise PrefkitError(f"--clip-range {cfg.clip_range} / --adv-clip {cfg.adv_clip}: must be > 0")
+    if cfg.min_prompt_count < 0 or cfg.critic_reset_every < 0:
+        raise PrefkitError("--min-prompt-count and --critic-reset-every must be >= 0")
+    if cfg.kl_coef < 0:
+        raise PrefkitError(f"--kl-coef {cfg.kl_coef}: must be >= 0")
+    if cfg.critic_lr <= 0:
+        raise PrefkitError(f"--critic-lr {cfg.critic_lr}: must be > 0")
+    if cfg.kl_coef > 0 and cfg.objective == "diffusion-dpo":
+        raise PrefkitError("--kl-coef: the per-step KL needs trajectories (d3po, dense, ddpo, tdpo)")
+    if cfg.score_function and cfg.objective != "ddpo":
+        raise PrefkitError("--score-function is DDPO-SF: use it with --objective ddpo")
     if cfg.steps_per_pair < 0:
         raise PrefkitError(f"--steps-per-pair {cfg.steps_per_pair}: must be >= 0 (0 = exact)")
     if cfg.resolution is not None and cfg.resolution < 1:
         raise PrefkitError(f"--resolution {cfg.resolution}: must be at least 1")
     d3po = cfg.objective == "d3po"
-    # diffusion-dpo: beta depends on the model family (5000 eps, 100 flow), filled in once it is loaded
+    # diffusion-dpo: beta depends on the model family (5000 eps, 100 flow), filled in once it is loaded;
+    # the reward objectives have no beta
     images = cfg.objective == "diffusion-dpo"
+    no_beta = images or cfg.objective in REWARD_OBJECTIVES
     return dataclasses.replace(
         cfg,
-        beta=cfg.beta if cfg.beta is not None or images else (0.1 if d3po else 10.0),
+        beta=cfg.beta if cfg.beta is not None or no_beta else (0.1 if d3po else 10.0),
         weight_decay=cfg.weight_decay
         if cfg.weight_decay is not None
         else (2e-3 if cfg.objective == "dense" else 1e-4),
@@ -320,6 +346,59 @@ def save_lora(pipe, denoiser, folder: Path) -> None:
     type(pipe).save_lora_weights(str(folder), **kw, safe_serialization=True)
 
 
+def load_init_lora(denoiser, folder: str | Path, family: str) -> None:
+    """--init-lora: load a LoRA saved by prefkit train (OUT/lora or OUT/checkpoint-N, diffusers format)
+    into the LoRA just added to ``denoiser``. The two must match key for key and shape for shape (same
+    --lora-rank and targets) and in scale (same --lora-alpha, read from the file's adapter metadata);
+    anything else is an error, never a partial load. The adapters stay separate: the reference is still
+    the network with them disabled, i.e. the base model."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(folder).expanduser() / "pytorch_lora_weights.safetensors"
+    if not path.is_file():
+        raise PrefkitError(
+            f"--init-lora {folder}: no pytorch_lora_weights.safetensors there; give the lora/ folder (or a "
+            "checkpoint-N/ folder) that prefkit train wrote"
+        )
+    prefix = ("unet" if family == "ddim" else "transformer") + "."
+    saved = {k.removeprefix(prefix): v for k, v in load_file(str(path)).items()}
+    current = lora_state(denoiser)
+    missing = sorted(current.keys() - saved.keys())
+    extra = sorted(saved.keys() - current.keys())
+    shapes = [k for k in sorted(current.keys() & saved.keys()) if current[k].shape != saved[k].shape]
+    config = denoiser.peft_config["default"]
+    problems = []
+    if missing or extra:
+        problems.append(
+            f"{len(missing)} of this run's LoRA weights are not in the file"
+            + (f" (e.g. {missing[0]})" if missing else "")
+            + f" and {len(extra)} of the file's are not in this run"
+            + (f" (e.g. {extra[0]})" if extra else "")
+        )
+    if shapes:
+        k = shapes[0]
+        problems.append(
+            f"{len(shapes)} weights differ in shape (e.g. {k}: file {list(saved[k].shape)}, "
+            f"this run {list(current[k].shape)} with --lora-rank {config.r})"
+        )
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if "lora_adapter_metadata" in meta:
+        info = json.loads(meta["lora_adapter_metadata"])
+        alpha = info.get(f"{prefix}lora_alpha", info.get("lora_alpha"))
+        if alpha is not None and float(alpha) != float(config.lora_alpha):
+            problems.append(f"the file's lora_alpha {alpha} != this run's --lora-alpha {config.lora_alpha}")
+    if problems:
+        raise PrefkitError(
+            f"--init-lora {folder}: does not match this run's LoRA: "
+            + "; ".join(problems)
+            + ". Train with the same --lora-rank, --lora-alpha and --lora-targets as the run that saved it."
+        )
+    set_peft_model_state_dict(denoiser, {k: saved[k] for k in current})
+
+
 # -- the loop -----------------------------------------------------------------------------------------
 
 
@@ -367,8 +446,20 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         )
     guidance = settings["guidance"] if cfg.guidance is None else cfg.guidance
     negative = settings["negative_prompt"] if cfg.negative_prompt is None else cfg.negative_prompt
-    load_pairs = load_published_pairs if published else load_train_pairs
-    pairs, label_info = load_pairs(folder, cfg.labels, manifest["plan"]["groups_per_shard"])
+    reward = cfg.objective in REWARD_OBJECTIVES
+    if reward:
+        from prefkit.train_rewards import check_sampling_policy, load_scored_samples
+
+        if published:
+            raise PrefkitError(
+                f"--objective {cfg.objective} trains on per-sample scores: give the `prefkit generate` folder "
+                "with a scorer's label set (a published dataset keeps pairs only)"
+            )
+        check_sampling_policy(cfg, settings)
+        pairs, label_info = load_scored_samples(folder, cfg, manifest["plan"]["groups_per_shard"])
+    else:
+        load_pairs = load_published_pairs if published else load_train_pairs
+        pairs, label_info = load_pairs(folder, cfg.labels, manifest["plan"]["groups_per_shard"])
     check_out(out, cfg)
 
     accelerator = start_accelerator(cfg, out)
@@ -391,28 +482,36 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     run = setup_run(cfg, out, accelerator, pipe, family)
     embeds = EmbeddingStore(traj, family, sampler) if has_embeddings else None
     cache = (PublishedShardCache if published else ShardCache)(folder)
-    if cfg.reference == "stored":
-        verify_stored_reference(
-            family, run.denoiser, schedule, sampler, pairs, cache, embeds, manifest, model, accelerator
-        )
-    begin_outputs(run)
+    summary: dict[str, Any] = {"labels": label_info, "dataset": str(folder), "model": model}
+    if reward:
+        # the stored lp are the old policy of the importance ratio; the KL's reference is live
+        from prefkit.train_rewards import RewardStep
 
-    def step(batch, sync: bool) -> dict:
-        return micro_batch(
-            cfg, family, run.denoiser, run.net, accelerator, schedule, sampler, batch, cache, embeds, sync
-        )
+        step = RewardStep(cfg, run, family, schedule, sampler, cache, embeds, pairs)
+        step.verify_start(pairs)
+        begin_outputs(run)
+        last = train_loop(run, pairs, step, unit="samples")
+        step.save(out)
+        summary.update(reference="stored", objective=cfg.objective)
+        if step.critic is not None:
+            summary["critic_neurons_reset"] = step.neurons_reset
+    else:
+        if cfg.reference == "stored":
+            verify_stored_reference(
+                family, run.denoiser, schedule, sampler, pairs, cache, embeds, manifest, model, accelerator
+            )
+        begin_outputs(run)
 
-    last = train_loop(run, pairs, step)
-    finish_run(
-        run,
-        {
-            "final": last,
-            "labels": label_info,
-            "dataset": str(folder),
-            "model": model,
-            "reference": cfg.reference,
-        },
-    )
+        def step(batch, sync: bool) -> dict:
+            return micro_batch(
+                cfg, family, run.denoiser, run.net, accelerator, schedule, sampler, batch, cache, embeds, sync
+            )
+
+        last = train_loop(run, pairs, step)
+        summary["reference"] = cfg.reference
+    if cfg.init_lora:
+        summary["init_lora"] = str(Path(cfg.init_lora).expanduser().resolve())
+    finish_run(run, {"final": last, **summary})
     return last
 
 
@@ -434,6 +533,20 @@ class Run:
     optimizer: Any
     lr_sched: Any
     state: dict
+    # more objects with state_dict / load_state_dict saved in every checkpoint (extras.pt), e.g. TDPO's
+    # critic and its optimizer; registered with add_extras, which restores them when resuming
+    extras: dict = dataclasses.field(default_factory=dict)
+
+
+def add_extras(run: Run, **objects) -> None:
+    """Register objects (modules, optimizers) whose state goes into every checkpoint; when the run was
+    resumed from a checkpoint, their saved state is loaded now."""
+    run.extras.update(objects)
+    latest = latest_checkpoint(run.out) if run.cfg.resume and run.state["step"] > 0 else None
+    if latest is not None and (latest / "extras.pt").is_file():
+        saved = torch.load(latest / "extras.pt", weights_only=True)
+        for name, obj in objects.items():
+            obj.load_state_dict(saved[name])
 
 
 def start_accelerator(cfg: TrainConfig, out: Path):
@@ -461,6 +574,8 @@ def setup_run(cfg: TrainConfig, out: Path, accelerator, pipe, family) -> Run:
     torch.manual_seed(cfg.seed)  # LoRA initialisation
     denoiser = family.denoiser
     add_lora(denoiser, cfg, family.name)
+    if cfg.init_lora:
+        load_init_lora(denoiser, cfg.init_lora, family.name)
     if cfg.gradient_checkpointing:
         denoiser.enable_gradient_checkpointing()
     params = [p for p in denoiser.parameters() if p.requires_grad]
@@ -503,12 +618,14 @@ def begin_outputs(run: Run) -> None:
         )
 
 
-def train_loop(run: Run, pairs: list, step) -> dict[str, Any]:
+def train_loop(run: Run, pairs: list, step, unit: str = "pairs") -> dict[str, Any]:
     """The optimizer steps: micro-batches of pair positions (seeded order, see the module docstring),
     accumulation, NaN stop, clipping, AdamW, schedule, metrics.jsonl, progress and checkpoints.
 
     ``step(batch, sync)`` runs forward and backward of one micro-batch -- ``batch`` is a list of
-    (pair, epoch, position) -- and returns its metrics (``loss`` and ``accuracy`` at least)."""
+    (pair, epoch, position) -- and returns its metrics (``loss``, and ``accuracy`` for pairs).
+    ``pairs`` are the training items: pairs, or scored samples (``unit`` "samples"), each with a
+    ``shard``; the throughput is logged as ``{unit}_per_s``."""
     cfg, out, accelerator, state = run.cfg, run.out, run.accelerator, run.state
     main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -561,7 +678,7 @@ def train_loop(run: Run, pairs: list, step) -> dict[str, Any]:
                 **reduced,
                 "grad_norm": grad_norm,
                 "lr": run.lr_sched.get_last_lr()[0],
-                "pairs_per_s": pairs_done / (time.perf_counter() - t0),
+                f"{unit}_per_s": pairs_done / (time.perf_counter() - t0),
                 "epoch": (state["micro_batch"] * per_step) // epoch_len,
             }
             if main:
@@ -569,9 +686,10 @@ def train_loop(run: Run, pairs: list, step) -> dict[str, Any]:
                     f.write(json.dumps(last) + "\n")
             if cfg.log_with:
                 accelerator.log({k: v for k, v in last.items() if v is not None}, step=state["step"])
-            advance(
-                1, f"loss {last['loss']:.4f}  acc {last['accuracy']:.2f}  {last['pairs_per_s']:.1f} pairs/s"
+            shown = (
+                f"acc {last['accuracy']:.2f}" if "accuracy" in last else f"clipfrac {last['clipfrac']:.2f}"
             )
+            advance(1, f"loss {last['loss']:.4f}  {shown}  {last[f'{unit}_per_s']:.1f} {unit}/s")
             if (
                 cfg.checkpoint_every
                 and state["step"] % cfg.checkpoint_every == 0
@@ -583,7 +701,7 @@ def train_loop(run: Run, pairs: list, step) -> dict[str, Any]:
 
 def save_run_checkpoint(run: Run) -> Path:
     return save_checkpoint(
-        run.out, run.state, run.pipe, run.denoiser, run.optimizer, run.lr_sched, run.accelerator
+        run.out, run.state, run.pipe, run.denoiser, run.optimizer, run.lr_sched, run.accelerator, run.extras
     )
 
 
@@ -656,31 +774,48 @@ def micro_batch(
         cond = encode(family, prompts, sampler)
     pair_w = torch.tensor([p.weight for p, _, _ in batch], device=dev)
 
-    def lp_at(j: int) -> torch.Tensor:
+    def lp_at(j: int):
+        """(lp [2B], the step's Gaussian) of the j-th trained step of every winner and loser."""
         k = torch.cat([steps_t[:, j], steps_t[:, j]])  # [2B]
         x = chains[torch.arange(2 * B), k].to(dev)
         x_next = chains[torch.arange(2 * B), k + 1].to(dev)
         with accelerator.autocast():
             dist = step_distribution(family, x, k, schedule, cond, sampler)
-        return gaussian_logprob(x_next, dist.mean, dist.std)  # [2B]
+        return gaussian_logprob(x_next, dist.mean, dist.std), dist
 
-    # the reference: stored lp, or the base model (adapters off), no gradient
+    # the reference: stored lp, or the base model (adapters off), no gradient. With --kl-coef the
+    # reference's step means are needed too (DPOK's KL): one forward with the adapters off either way
+    kl_on = cfg.kl_coef > 0
+    ref_means: list[torch.Tensor] = []
     if cfg.reference == "stored":
         idx = torch.cat([steps_t, steps_t])  # [2B, S]
         ref = stored_lp.gather(1, idx).to(dev)
+        if kl_on:
+            with torch.no_grad(), reference_mode(denoiser):
+                ref_means = [lp_at(j)[1].mean for j in range(S)]
     else:
         with torch.no_grad(), reference_mode(denoiser):
-            ref = torch.stack([lp_at(j) for j in range(S)], dim=1)  # [2B, S]
+            outs = [lp_at(j) for j in range(S)]
+        ref = torch.stack([lp for lp, _ in outs], dim=1)  # [2B, S]
+        ref_means = [d.mean for _, d in outs] if kl_on else []
     ref_w, ref_l = ref[:B], ref[B:]
     scale = 1.0 / cfg.grad_accum
     stats = {"loss": 0.0, "accuracy": 0.0, "log_ratio_w": 0.0, "log_ratio_l": 0.0}
+    if kl_on:
+        stats["kl"] = 0.0
+
+    def kl_at(j: int, dist) -> torch.Tensor:
+        """DPOK's KL of step j, averaged over the winners' and losers' samples (0 when --kl-coef is 0)."""
+        if not kl_on:
+            return torch.zeros((), device=dev)
+        return gaussian_step_kl(dist.mean, ref_means[j], dist.std).mean()
 
     if cfg.objective == "d3po":
         # one sigmoid per step: forward and backward step by step (activations of one step at a time)
         margins = torch.zeros(B, device=dev)
         for j in range(S):
             with sync_context(accelerator, net, sync and j == S - 1):
-                lp = lp_at(j)
+                lp, dist = lp_at(j)
                 res = d3po_loss(
                     lp[:B, None],
                     ref_w[:, j : j + 1],
@@ -690,20 +825,30 @@ def micro_batch(
                     cfg.eps,
                     pair_w,
                 )
-                check_finite(res.loss, accelerator)
-                accelerator.backward(res.loss * (scale / S))
-            stats["loss"] += res.loss.item() / S
+                kl = kl_at(j, dist)
+                loss = res.loss + cfg.kl_coef * kl
+                check_finite(loss, accelerator)
+                accelerator.backward(loss * (scale / S))
+            stats["loss"] += loss.item() / S
+            if kl_on:
+                stats["kl"] += kl.item() / S
             margins += (lp[:B] - ref_w[:, j] - (lp[B:] - ref_l[:, j])).detach()
             stats["log_ratio_w"] += (lp[:B] - ref_w[:, j]).mean().item() / S
             stats["log_ratio_l"] += (lp[B:] - ref_l[:, j]).mean().item() / S
         stats["accuracy"] = float((margins > 0).float().mean())
     else:
         with sync_context(accelerator, net, sync):
-            lp = torch.stack([lp_at(j) for j in range(S)], dim=1)  # [2B, S]
+            outs = [lp_at(j) for j in range(S)]
+            lp = torch.stack([lp for lp, _ in outs], dim=1)  # [2B, S]
             res = dense_dpo_loss(lp[:B], ref_w, lp[B:], ref_l, weights_t.to(dev), cfg.beta, cfg.clip, pair_w)
-            check_finite(res.loss, accelerator)
-            accelerator.backward(res.loss * scale)
-        stats["loss"] = res.loss.item()
+            # the KL of the steps used, plain mean over them (not gamma-weighted)
+            kl = torch.stack([kl_at(j, d) for j, (_, d) in enumerate(outs)]).mean()
+            loss = res.loss + cfg.kl_coef * kl
+            check_finite(loss, accelerator)
+            accelerator.backward(loss * scale)
+        stats["loss"] = loss.item()
+        if kl_on:
+            stats["kl"] = kl.item()
         stats["accuracy"] = float((res.logits > 0).float().mean())
         stats["log_ratio_w"] = (lp[:B] - ref_w).mean().item()
         stats["log_ratio_l"] = (lp[B:] - ref_l).mean().item()
@@ -768,6 +913,8 @@ def verify_stored_reference(
         )
     if sampler.guidance != s["guidance"] or sampler.negative_prompt != s["negative_prompt"]:
         problems.append("guidance or negative prompt differ from the dataset's")
+    if s.get("lora"):
+        problems.append(f"the dataset was sampled with a LoRA ({s['lora']}), not by the base model")
     if not problems:
         p = pairs[0]
         worst = 0.0
@@ -824,7 +971,9 @@ def latest_checkpoint(out: Path) -> Path | None:
     return found[-1].parent if found else None
 
 
-def save_checkpoint(out: Path, state: dict, pipe, denoiser, optimizer, lr_sched, accelerator) -> Path:
+def save_checkpoint(
+    out: Path, state: dict, pipe, denoiser, optimizer, lr_sched, accelerator, extras: dict | None = None
+) -> Path:
     """checkpoint-N/: the LoRA (diffusers format + peft keys), optimizer, LR schedule, RNG, data cursor.
     Written to a temporary folder and renamed: a kill never leaves a half checkpoint behind."""
     import os
@@ -843,6 +992,8 @@ def save_checkpoint(out: Path, state: dict, pipe, denoiser, optimizer, lr_sched,
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(lr_sched.state_dict(), tmp / "scheduler.pt")
         torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+        if extras:
+            torch.save({name: obj.state_dict() for name, obj in extras.items()}, tmp / "extras.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(state))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)

@@ -20,15 +20,33 @@ def test_generate_label_train_eval_on_the_builtin_model(cli, tmp_path, monkeypat
 
     ok(["generate", "--out", "data", "--prompts", "shapes", "--samples-per-prompt", 6, *steps, "--quiet"])
     ok(["label", "data", "--source", "shapes", "--quiet"])
-    ok(["train", "data", "--out", "run", "--objective", "d3po", "--max-steps", 40, "--batch-size", 8,
-        "--lr", "3e-3", "--quiet"])
+    ok(
+        [
+            "train",
+            "data",
+            "--out",
+            "run",
+            "--objective",
+            "d3po",
+            "--max-steps",
+            40,
+            "--batch-size",
+            8,
+            "--lr",
+            "3e-3",
+            "--quiet",
+        ]
+    )
     # --source and --prompts default to the training pairs' judge and the held-out shapes captions
     ok(["eval", "--lora", "run/lora", "--samples", 6, "--quiet"])
 
     report = json.loads((tmp_path / "run" / "eval" / "report.json").read_text())
     validate(report, "eval")
     assert report["judge"]["source"] == "shapes"
-    assert all(p not in report["prompts"] for p in json.loads((tmp_path / "data" / "manifest.json").read_text())["prompts"])
+    assert all(
+        p not in report["prompts"]
+        for p in json.loads((tmp_path / "data" / "manifest.json").read_text())["prompts"]
+    )
     rate = report["summary"]["win_rate"]
     print("win rate", rate, "scores", report["summary"]["scores"])
     assert rate["value"] > 0.5 and rate["low"] > 0.5, rate

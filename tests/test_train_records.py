@@ -29,7 +29,7 @@ def jpeg_dataset(labelled_dataset):
     return labelled_dataset
 
 
-@pytest.mark.parametrize("objective", ["d3po", "dense"])
+@pytest.mark.parametrize("objective", ["d3po", "dense", "ddpo", "tdpo"])
 def test_trajectory_objectives_write_schema_valid_records(jpeg_dataset, tmp_path, cli, objective):
     out = tmp_path / objective
     res = cli(["train", jpeg_dataset, "--out", out, "--objective", objective, "--max-steps", "2"] + ["-q"])

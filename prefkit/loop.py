@@ -1,0 +1,230 @@
+"""``prefkit loop``: rounds of generate -> label -> train, the online reward methods run as offline rounds.
+
+Round r (r = 0 .. R) in OUT/round-NNN/:
+  data/     ``run_generate`` with the LoRA of round r - 1 (round 0: the base model), seed + r: the current
+            policy's trajectories, whose stored lp are the old policy of the next update
+  data/labels/NAME.*   ``run_label`` with --source (its per-sample scores are the reward)
+  train/    ``run_train`` from that same LoRA (--init-lora), on that data (rounds 0 .. R - 1 only)
+Round R is generated and scored but not trained: it measures the last adapter. rounds.jsonl holds one
+record per round (schemas/round.schema.json): the mean score of the round's fresh samples -- the reward of
+the policy after r rounds of training -- and the round's final training metrics; rewards.png plots it.
+
+The same library calls as the CLI stages (no subprocess). A finished stage is kept when --resume is given
+(a complete dataset, a complete label set, a training run with summary.json); an interrupted generation
+or training resumes where it stopped. Run it as one process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from prefkit.config import GenerateConfig, LabelConfig, LoopConfig, TrainConfig, load_config_file
+from prefkit.errors import PrefkitError
+from prefkit.shards import atomic_write_bytes
+
+OBJECTIVES = ("ddpo", "tdpo", "d3po", "dense")
+
+
+def round_dir(out: Path, r: int) -> Path:
+    return out / f"round-{r:03d}"
+
+
+def run_loop(cfg: LoopConfig) -> list[dict[str, Any]]:
+    """Run (or complete, with ``cfg.resume``) ``cfg.rounds`` rounds; returns the rounds' records."""
+    from prefkit.label import default_name
+
+    if not cfg.out:
+        raise PrefkitError("--out is required: the folder of the rounds")
+    if cfg.rounds < 1:
+        raise PrefkitError(f"--rounds {cfg.rounds}: must be at least 1")
+    if cfg.objective not in OBJECTIVES:
+        raise PrefkitError(f"--objective {cfg.objective}: choose {', '.join(OBJECTIVES)}")
+    if not cfg.prompt and not cfg.prompts:
+        raise PrefkitError("give the prompts: --prompt TEXT (repeat) or --prompts FILE")
+    out = Path(cfg.out).expanduser()
+    if out.is_dir() and any(out.iterdir()) and not cfg.resume:
+        raise PrefkitError(f"--out {out}: not empty; pass --resume to continue the rounds there")
+    extra = load_config_file(cfg.train_config, TrainConfig) if cfg.train_config else {}
+    for key in ("dataset", "out", "init_lora", "labels", "resume"):
+        if key in extra:
+            raise PrefkitError(f"--train-config {cfg.train_config}: {key} is set by the loop itself")
+    name = default_name(cfg.source)
+    out.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    values = {k.replace("_", "-"): v for k, v in dataclasses.asdict(cfg).items()}
+    atomic_write_bytes(out / "config.yaml", yaml.safe_dump(values, sort_keys=False).encode())
+    records: list[dict[str, Any]] = []
+    for r in range(cfg.rounds + 1):
+        t0 = time.perf_counter()
+        rdir = round_dir(out, r)
+        data, train_out = rdir / "data", rdir / "train"
+        lora = round_dir(out, r - 1) / "train" / "lora" if r > 0 else None
+        _generate(cfg, data, lora, r)
+        _label(cfg, data, name)
+        train = None
+        if r < cfg.rounds:
+            train = _train(cfg, extra, data, train_out, lora, name, r)
+        records.append(_record(r, data, name, lora, train, train_out, time.perf_counter() - t0))
+        _write_records(out, records)
+    plot_rewards(records, out / "rewards.png", f"{cfg.objective}, {cfg.source}")
+    return records
+
+
+def _generate(cfg: LoopConfig, data: Path, lora: Path | None, r: int) -> None:
+    from prefkit.generate import run_generate
+
+    manifest = data / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text()).get("status") == "complete":
+        return
+    run_generate(
+        GenerateConfig(
+            out=str(data),
+            model=cfg.model,
+            lora=str(lora) if lora else None,
+            prompt=list(cfg.prompt),
+            prompts=cfg.prompts,
+            samples_per_prompt=cfg.samples_per_prompt,
+            steps=cfg.steps,
+            guidance=cfg.guidance,
+            eta=cfg.eta,
+            noise_level=cfg.noise_level,
+            seed=cfg.seed + r,
+            height=cfg.height,
+            width=cfg.width,
+            batch_size=cfg.generate_batch_size,
+            resume=data.is_dir() and any(data.iterdir()),
+            quiet=cfg.quiet,
+        )
+    )
+
+
+def _label(cfg: LoopConfig, data: Path, name: str) -> None:
+    from prefkit.label import run_label
+    from prefkit.labels import label_sets
+
+    if name in label_sets(data):
+        return
+    run_label(LabelConfig(dataset=str(data), source=cfg.source, name=name, overwrite=True, quiet=cfg.quiet))
+
+
+def _train(
+    cfg: LoopConfig, extra: dict, data: Path, train_out: Path, lora: Path | None, name: str, r: int
+) -> dict[str, Any]:
+    from prefkit.train import run_train
+
+    summary = train_out / "summary.json"
+    if not summary.is_file():
+        settings = {
+            "objective": cfg.objective,
+            "max_steps": cfg.max_steps,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "kl_coef": cfg.kl_coef,
+            "timestep_fraction": cfg.timestep_fraction,
+            "lora_rank": cfg.lora_rank,
+            "seed": cfg.seed + r,
+            "checkpoint_every": 0,
+            **extra,
+        }
+        run_train(
+            TrainConfig(
+                dataset=str(data),
+                out=str(train_out),
+                labels=name,
+                init_lora=str(lora) if lora else None,
+                resume=train_out.is_dir() and any(train_out.iterdir()),
+                quiet=cfg.quiet,
+                **settings,
+            )
+        )
+    return json.loads(summary.read_text())
+
+
+def round_scores(data: Path, name: str) -> list[float]:
+    from prefkit.labels import label_paths
+
+    path = label_paths(data, name)["scores"]
+    if not path.is_file():
+        raise PrefkitError(f"{path}: no such file: the loop's --source must score samples")
+    return [json.loads(ln)["score"] for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def _record(r: int, data: Path, name: str, lora, train, train_out: Path, seconds: float) -> dict[str, Any]:
+    scores = round_scores(data, name)
+    n = len(scores)
+    mean = sum(scores) / n
+    std = math.sqrt(sum((s - mean) ** 2 for s in scores) / max(n - 1, 1))
+    return {
+        "round": r,
+        "data": str(data),
+        "sampled_with": str(lora) if lora else None,
+        "samples": n,
+        "score_mean": mean,
+        "score_std": std,
+        "score_se": std / math.sqrt(n),
+        "lora": str(train_out / "lora") if train is not None else None,
+        "train": train["final"] if train is not None else None,
+        "seconds": seconds,
+    }
+
+
+def _write_records(out: Path, records: list[dict[str, Any]]) -> None:
+    from prefkit.schemas import validate
+
+    for rec in records:
+        validate(rec, "round", f"{out / 'rounds.jsonl'}, round {rec['round']}")
+    atomic_write_bytes(out / "rounds.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
+
+
+def plot_rewards(records: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Mean score per round with +-1 standard error bars, drawn with PIL (no plotting library)."""
+    from PIL import Image, ImageDraw
+
+    W, H, left, right, top, bottom = 640, 400, 80, 24, 40, 56
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    xs = [rec["round"] for rec in records]
+    lo = min(rec["score_mean"] - rec["score_se"] for rec in records)
+    hi = max(rec["score_mean"] + rec["score_se"] for rec in records)
+    if hi - lo < 1e-12:
+        lo, hi = lo - 1, hi + 1
+    pad = 0.08 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+
+    def px(x: float) -> float:
+        span = max(xs[-1] - xs[0], 1)
+        return left + (x - xs[0]) / span * (W - left - right)
+
+    def py(y: float) -> float:
+        return top + (hi - y) / (hi - lo) * (H - top - bottom)
+
+    d.rectangle([left, top, W - right, H - bottom], outline="black")
+    for i in range(5):  # y ticks
+        y = lo + (hi - lo) * i / 4
+        d.line([left - 4, py(y), left, py(y)], fill="black")
+        d.text((4, py(y) - 6), f"{y:.4g}", fill="black")
+    for x in xs:
+        d.line([px(x), H - bottom, px(x), H - bottom + 4], fill="black")
+        d.text((px(x) - 4, H - bottom + 8), str(x), fill="black")
+    d.text((W // 2 - 20, H - 22), "round", fill="black")
+    d.text((left, 12), f"mean score of the round's samples (+-1 s.e.) -- {title}", fill="black")
+    pts = [(px(rec["round"]), py(rec["score_mean"])) for rec in records]
+    if len(pts) > 1:
+        d.line(pts, fill=(31, 119, 180), width=2)
+    for rec, (x, y) in zip(records, pts, strict=True):
+        d.line(
+            [x, py(rec["score_mean"] - rec["score_se"]), x, py(rec["score_mean"] + rec["score_se"])],
+            fill="gray",
+        )
+        d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(31, 119, 180))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+    return path
