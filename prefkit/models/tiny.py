@@ -151,14 +151,14 @@ def _clip_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=_CLIP_MAX_LENGTH)
 
 
-def _t5_tokenizer():
+def _t5_tokenizer(model_max_length: int = _T5_MAX_LENGTH):
     from transformers import T5Tokenizer
 
     # T5 layout: <pad>=0, </s>=1, <unk>=2, then pieces with log-prob scores (whole words beat characters).
     pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
     pieces += [("▁" + w, -5.0) for w in PROMPT_WORDS]
     pieces += [(c, -8.0) for c in _T5_CHARS]
-    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=_T5_MAX_LENGTH)
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=model_max_length)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -423,17 +423,28 @@ def _publish(tmp: Path, path: Path, *, overwrite: bool) -> None:
 
 
 def _build(
-    make: Callable[[int], Any], path: str | os.PathLike, seed: int, *, overwrite: bool = True, quiet=None
+    make: Callable[[int], Any] | None,
+    path: str | os.PathLike,
+    seed: int,
+    *,
+    overwrite: bool = True,
+    quiet=None,
+    write: Callable[[Path, int], None] | None = None,
 ) -> str:
     """Build ``make(seed)`` into a temporary sibling folder, then rename it to ``path``. ``quiet`` is the
-    context manager that silences the libraries while saving (default: diffusers' and transformers')."""
+    context manager that silences the libraries while saving (default: diffusers' and transformers').
+    ``write(folder, seed)``, given instead of ``make``, writes the folder itself (the real-size models
+    save one component at a time)."""
     path = Path(path).expanduser().absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_sibling(path, "tmp")
     tmp.mkdir()
     try:
         with (quiet or _quiet)():
-            make(seed).save_pretrained(tmp, safe_serialization=True)
+            if write is not None:
+                write(tmp, seed)
+            else:
+                make(seed).save_pretrained(tmp, safe_serialization=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -456,10 +467,24 @@ def build_tiny_flux(path: str | os.PathLike, seed: int = 0) -> str:
     return _build(_make_flux, path, seed)
 
 
+def _real_size(name: str) -> Callable[..., str]:
+    """The builder of a real-size random-weight model (:mod:`prefkit.models.real_size`), imported on use."""
+
+    def build(path: str | os.PathLike, seed: int = 0) -> str:
+        from prefkit.models import real_size
+
+        return getattr(real_size, "build_" + name.replace("-", "_"))(path, seed)
+
+    return build
+
+
 BUILTIN_MODELS: dict[str, Callable[..., str]] = {
     "tiny-sd15": build_tiny_sd15,
     "tiny-sd3": build_tiny_sd3,
     "tiny-flux": build_tiny_flux,
+    # real size, random weights, for benchmarks (~2 GB and ~5.4 GB folders, built on first use)
+    "sd15-random": _real_size("sd15-random"),
+    "sd3-medium-random": _real_size("sd3-medium-random"),
 }
 
 _MAKERS: dict[str, Callable[[int], Any]] = {
@@ -487,7 +512,7 @@ def _is_model_folder(path: Path) -> bool:
 
 
 def resolve_builtin(name: str) -> str | None:
-    """Local folder of a built-in tiny model, or None if ``name`` is not a built-in name.
+    """Local folder of a built-in model, or None if ``name`` is not a built-in name.
 
     ``tiny-sd3`` resolves to the committed ``data/models/tiny-sd3`` when present. Otherwise the model is
     built on first use into ``$PREFKIT_CACHE/models/<name>-v1`` (default cache ``~/.cache/prefkit``);
@@ -502,7 +527,13 @@ def resolve_builtin(name: str) -> str | None:
     target = _cache_dir() / "models" / f"{name}-{CACHE_VERSION}"
     if not _is_model_folder(target):
         # A folder without model_index.json can only be a damaged one: replace it.
-        _build(_MAKERS[name], target, seed=0, overwrite=target.exists())
+        if name in _MAKERS:
+            _build(_MAKERS[name], target, seed=0, overwrite=target.exists())
+        else:
+            from prefkit.models.real_size import write_pipeline
+
+            write = lambda tmp, seed: write_pipeline(name, tmp, seed)  # noqa: E731
+            _build(None, target, seed=0, overwrite=target.exists(), write=write)
     return str(target)
 
 
