@@ -75,17 +75,23 @@ def bench_generate(
     batch_size: int = 8,
     repeats: int = 5,
     guidance: float = 5.0,
-    dtype: torch.dtype | None = None,
+    dtype: str = "auto",
+    height: int | None = None,
+    width: int | None = None,
 ) -> Figure:
-    """prefkit generate vs ``pipe(...)``: same model, steps, guidance, size, batch, initial noise."""
+    """prefkit generate vs ``pipe(...)``: same model, steps, guidance, size, batch, initial noise.
+
+    Prompts are encoded inside both timed calls: prefkit's per-prompt cache is emptied before each of
+    its runs (``pipe(...)`` encodes every call), so neither side reuses text encodings of the last."""
     from prefkit.generate import _sample_files
-    from prefkit.pipeline import family_of, load_pipeline, t5_length
+    from prefkit.pipeline import DTYPES, family_of, load_pipeline, t5_length
     from prefkit.sampling import SamplerSettings, sample
 
-    dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
-    pipe = load_pipeline(model, dtype=dtype, device=torch.device(device))
+    pipe = load_pipeline(model, dtype=DTYPES[_dtype_name(dtype, device)], device=torch.device(device))
     fam = family_of(pipe)
-    h, w = fam.default_size()
+    h0, w0 = fam.default_size()
+    h, w = height or h0, width or w0
+    fam.check_size(h, w)
     noise = 1.0 if fam.name == "ddim" else 0.7
     st = SamplerSettings(steps=steps, guidance=guidance, noise=noise, height=h, width=w)
     prompts = [f"a photo of object {i}" for i in range(batch_size)]
@@ -99,6 +105,7 @@ def bench_generate(
         kwargs |= {"guidance_scale": guidance, "eta": noise}
 
     def run_prefkit(seed0: int) -> None:
+        fam.__dict__.pop("_encoded", None)  # Family._encode_cached's store
         traj = sample(fam, prompts, list(range(seed0, seed0 + batch_size)), st)
         for b in range(batch_size):
             _sample_files({"key": f"g{b:08d}_s00"}, traj, b, fam.name)
@@ -114,11 +121,29 @@ def bench_generate(
         ours.append(timed(lambda r=r: run_prefkit(1000 * (r + 1)), device))
         base.append(timed(lambda r=r: run_pipe(1000 * (r + 1)), device))
     return Figure(
-        f"generate ({fam.name}, {steps} steps, batch {batch_size})",
+        f"generate ({_model_tag(model)}, {fam.name}, {h} x {w} px, {steps} steps, batch {batch_size})",
         [1000 * s / batch_size for s in ours],
         [1000 * s / batch_size for s in base],
         1.05,
     )
+
+
+def _dtype_name(dtype: str, device: str) -> str:
+    """``auto`` is what prefkit generate picks: float32 on the CPU, bfloat16 on CUDA."""
+    return dtype if dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+
+
+def _model_tag(model: str) -> str:
+    """A short name for a figure: a built-in name or Hub id as is, a local folder by its last part."""
+    from pathlib import Path
+
+    return Path(model).name if Path(model).expanduser().is_dir() else model
+
+
+def _read_settings(folder) -> dict[str, Any]:
+    from prefkit.shards import read_manifest
+
+    return read_manifest(folder)["settings"]
 
 
 # -- storage ------------------------------------------------------------------------------------------
@@ -279,15 +304,26 @@ def _bare_setup(folder, cfg, device: str, deep_copy: bool = False):
     return family, sampler, schedule, optimizer, reference, cfg
 
 
-def _make_dataset(folder, model: str, steps: int, prompts: int, guidance: float = 5.0) -> None:
+def _make_dataset(
+    folder,
+    model: str,
+    steps: int,
+    prompts: int,
+    guidance: float = 5.0,
+    dtype: str = "auto",
+    height: int | None = None,
+    width: int | None = None,
+) -> None:
     from prefkit.config import GenerateConfig, LabelConfig
     from prefkit.generate import run_generate
     from prefkit.label import run_label
 
     names = [f"a photo of object {i}" for i in range(prompts)]
-    run_generate(
-        GenerateConfig(out=str(folder), model=model, prompt=names, steps=steps, guidance=guidance, quiet=True)
-    )
+    cfg = GenerateConfig(
+        out=str(folder), model=model, prompt=names, steps=steps, guidance=guidance, dtype=dtype,
+        height=height, width=width, quiet=True,
+    )  # fmt: skip
+    run_generate(cfg)
     run_label(LabelConfig(dataset=str(folder), source="jpeg", quiet=True))
 
 
@@ -298,6 +334,9 @@ def bench_train(
     batch_size: int = 2,
     repeats: int = 3,
     train_steps: int = 6,
+    dtype: str = "auto",
+    height: int | None = None,
+    width: int | None = None,
 ) -> list[Figure]:
     """Three figures from one dataset sampled by the model itself (``steps``-step trajectories), d3po,
     ``batch_size`` pairs per optimizer step. Each repeat runs, in turn: run_train --reference live,
@@ -320,7 +359,8 @@ def bench_train(
 
     with tempfile.TemporaryDirectory() as tmp:
         ds = Path(tmp) / "ds"
-        _make_dataset(ds, model, steps, 4)
+        _make_dataset(ds, model, steps, 4, dtype=dtype, height=height, width=width)
+        size = "{height} x {width} px".format(**_read_settings(ds))
 
         def cfg_for(ref: str, out: str) -> TrainConfig:
             return TrainConfig(
@@ -360,7 +400,7 @@ def bench_train(
                 if time.perf_counter() - t0 > 0.25:
                     break
             times["read"].append(n / (time.perf_counter() - t0))
-    what = f"{steps}-step trajectories, batch {batch_size}"
+    what = f"{_model_tag(model)}, {size}, {steps}-step trajectories, batch {batch_size}"
     consumed = [2 * batch_size / s for s in times["stored"]]
     return [
         Figure(
@@ -460,6 +500,7 @@ def _memory_child(mode: str, folder: str, device: str, out: str) -> int:
     )
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    row: dict[str, Any] = {"mode": mode}
     if mode == "adapters":
         run_train(cfg)
     elif mode in ("none", "deepcopy"):
@@ -468,18 +509,36 @@ def _memory_child(mode: str, folder: str, device: str, out: str) -> int:
         )
         for b in _bare_batches(family, Path(folder), cfg, sampler, schedule, cfg.max_steps):
             _bare_step(family, schedule, sampler, b, optimizer, reference)
-    peak = torch.cuda.max_memory_allocated() if device == "cuda" else _peak_rss()
-    print(json.dumps({"mode": mode, "peak": peak}))
+        base = [p for n, p in family.denoiser.named_parameters() if "lora_" not in n]
+        row["weights"] = sum(p.numel() * p.element_size() for p in base)  # bytes, the adapters left out
+        row["denoiser"] = type(family.denoiser).__name__
+    row["peak"] = torch.cuda.max_memory_allocated() if device == "cuda" else _peak_rss()
+    print(json.dumps(row))
     return 0
 
 
-def bench_memory(device: str = "cpu", repeats: int = 3, layers: int = 6, heads: int = 6) -> list[Figure]:
+def bench_memory(
+    device: str = "cpu",
+    repeats: int = 3,
+    layers: int = 6,
+    heads: int = 6,
+    model: str | None = None,
+    dtype: str = "auto",
+    height: int | None = None,
+    width: int | None = None,
+) -> list[Figure]:
     """Peak memory of training (run_train, --reference live: the reference is the adapters-off
     network) against a loop that has no reference at all, and a loop that keeps a deep copy of the
     denoiser as the reference (D3PO). Every configuration runs in a fresh process on the same dataset
-    (2-step trajectories, 1 pair per step, 2 steps, no CFG) from ``build_memory_model``. On the CPU
-    the figure is peak RSS minus the "floor" (a process that imports the same libraries and does
-    nothing else); on CUDA it is torch.cuda.max_memory_allocated."""
+    (2-step trajectories, 1 pair per step, 2 steps, no CFG). On the CPU the figure is peak RSS minus
+    the "floor" (a process that imports the same libraries and does nothing else); on CUDA it is
+    torch.cuda.max_memory_allocated.
+
+    The model: ``model`` itself, except for the built-in tiny ones (``None``, ``tiny-*``), whose
+    denoisers are too small to show a second copy next to the libraries: they are replaced by
+    ``build_memory_model`` (tiny-sd3 with a ``layers`` x ``heads`` * 64 transformer). The small model's
+    configurations run side by side (OMP_NUM_THREADS=1 on the CPU); any other model's run one after
+    another, so that a real-size model is in memory once at a time."""
     import json
     import os
     import subprocess
@@ -487,34 +546,53 @@ def bench_memory(device: str = "cpu", repeats: int = 3, layers: int = 6, heads: 
     import tempfile
     from pathlib import Path
 
+    small = model is None or model.startswith("tiny-")
     with tempfile.TemporaryDirectory() as tmp:
-        model = build_memory_model(Path(tmp) / "model", layers, heads)
+        if small:
+            model = build_memory_model(Path(tmp) / "model", layers, heads)
         ds = Path(tmp) / "ds"
-        _make_dataset(ds, model, 2, 2, guidance=1.0)
+        _make_dataset(ds, model, 2, 2, guidance=1.0, dtype=dtype, height=height, width=width)
         env = dict(os.environ)
-        if device == "cpu":
+        if device == "cpu" and small:
             env["OMP_NUM_THREADS"] = "1"  # the configurations run side by side; threads do not change memory
         peaks: dict[str, list[float]] = {m: [] for m in MEMORY_MODES}
+        extra: dict[str, list] = {"weights": [], "denoiser": []}
+
+        def start(m: str, r: int) -> subprocess.Popen:
+            return subprocess.Popen(
+                [sys.executable, "-m", "prefkit.bench", "_memory", m, str(ds), device, f"{tmp}/{m}-{r}"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+
+        def finish(m: str, p: subprocess.Popen) -> None:
+            stdout, stderr = p.communicate()
+            if p.returncode != 0:
+                raise RuntimeError(f"bench memory ({m}) failed:\n{stderr[-3000:]}")
+            row = json.loads(stdout.strip().splitlines()[-1])
+            peaks[m].append(row["peak"])
+            if m == "none":
+                extra["weights"].append(row["weights"])
+                extra["denoiser"].append(row["denoiser"])
+
         for r in range(repeats):
-            procs = {
-                m: subprocess.Popen(
-                    [sys.executable, "-m", "prefkit.bench", "_memory", m, str(ds), device, f"{tmp}/{m}-{r}"],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                    env=env,
-                )  # fmt: skip
-                for m in MEMORY_MODES
-            }
-            for m, p in procs.items():
-                stdout, stderr = p.communicate()
-                if p.returncode != 0:
-                    raise RuntimeError(f"bench memory ({m}) failed:\n{stderr[-3000:]}")
-                peaks[m].append(json.loads(stdout.strip().splitlines()[-1])["peak"])
-        n_params = sum(f.stat().st_size for f in (Path(model) / "transformer").glob("*.safetensors")) / 2**20
+            if small:
+                procs = {m: start(m, r) for m in MEMORY_MODES}
+                for m, p in procs.items():
+                    finish(m, p)
+            else:
+                for m in MEMORY_MODES:
+                    finish(m, start(m, r))
+        settings = _read_settings(ds)
+    weights = statistics.median(extra["weights"]) / 2**20
+    kind = extra["denoiser"][0]
     floor = peaks["floor"] if device == "cpu" else [0.0] * repeats
     mib = {m: [(p - f) / 2**20 for p, f in zip(peaks[m], floor, strict=True)] for m in MEMORY_MODES}
-    what = f"SD3 transformer {layers} x {heads * 64} wide, {n_params:.0f} MiB of weights"
+    name = f"SD3 transformer {layers} x {heads * 64} wide" if small else f"{_model_tag(model)} {kind}"
+    size = "{height} x {width} px".format(**settings)
+    what = f"{name}, {weights:.0f} MiB of {settings['dtype']} weights, {size}"
     how = "peak RSS over the import floor" if device == "cpu" else "max_memory_allocated"
     return [
         Figure(
@@ -585,17 +663,23 @@ def run_bench(
     steps: int = 20,
     batch_size: int = 8,
     repeats: int = 5,
+    dtype: str = "auto",
+    height: int | None = None,
+    width: int | None = None,
 ) -> list[Figure]:
     """generate: generation overhead and bytes on disk; train: step cost vs the bare loop, stored vs
     live, shard read throughput, peak memory. Training uses ``max(2, steps // 2)``-step trajectories
-    and ``max(1, batch_size // 4)`` pairs per step."""
+    and ``max(1, batch_size // 4)`` pairs per step. ``dtype`` (auto: float32 on the CPU, bfloat16 on
+    CUDA), ``height`` and ``width`` (default: the model's native size) apply to the model under test;
+    bytes on disk are always measured on tiny-sd15 at 4 x 64 x 64 latents (see bench_storage)."""
     figures: list[Figure] = []
+    size = {"dtype": dtype, "height": height, "width": width}
     if what in ("generate", "all"):
-        figures.append(bench_generate(model, device, steps, batch_size, repeats))
+        figures.append(bench_generate(model, device, steps, batch_size, repeats, **size))
         figures += bench_storage(steps, repeats)
     if what in ("train", "all"):
-        figures += bench_train(model, device, max(2, steps // 2), max(1, batch_size // 4), repeats)
-        figures += bench_memory(device, repeats)
+        figures += bench_train(model, device, max(2, steps // 2), max(1, batch_size // 4), repeats, **size)
+        figures += bench_memory(device, repeats, model=model, **size)
     return figures
 
 
