@@ -435,6 +435,21 @@ def bench_train(
 # -- memory -------------------------------------------------------------------------------------------
 
 MEMORY_MODES = ("floor", "none", "adapters", "deepcopy")
+SMALL_DENOISER_BYTES = 64 * 2**20
+
+
+def _denoiser_bytes(model: str) -> float:
+    """Bytes of the denoiser's weight files of a local (or built-in) model; inf for a Hub id (unknown
+    without downloading, and Hub models are not tiny)."""
+    from pathlib import Path
+
+    from prefkit.pipeline import resolve_model
+
+    folder = Path(resolve_model(model)).expanduser()
+    if not folder.is_dir():
+        return float("inf")
+    files = [f for sub in ("unet", "transformer") for f in (folder / sub).glob("*.safetensors")]
+    return sum(f.stat().st_size for f in files) if files else float("inf")
 
 
 def build_memory_model(path, layers: int = 6, heads: int = 6, seed: int = 0) -> str:
@@ -534,9 +549,10 @@ def bench_memory(
     the "floor" (a process that imports the same libraries and does nothing else); on CUDA it is
     torch.cuda.max_memory_allocated.
 
-    The model: ``model`` itself, except for the built-in tiny ones (``None``, ``tiny-*``), whose
-    denoisers are too small to show a second copy next to the libraries: they are replaced by
-    ``build_memory_model`` (tiny-sd3 with a ``layers`` x ``heads`` * 64 transformer). The small model's
+    The model: ``model`` itself, except when it is ``None`` or a local model whose denoiser weighs
+    less than ``SMALL_DENOISER_BYTES`` (the tiny ones): a second copy of it would not show next to the
+    libraries, so ``build_memory_model`` (tiny-sd3 with a ``layers`` x ``heads`` * 64 transformer) is
+    measured instead. The small model's
     configurations run side by side (OMP_NUM_THREADS=1 on the CPU); any other model's run one after
     another, so that a real-size model is in memory once at a time."""
     import json
@@ -546,7 +562,7 @@ def bench_memory(
     import tempfile
     from pathlib import Path
 
-    small = model is None or model.startswith("tiny-")
+    small = model is None or _denoiser_bytes(model) < SMALL_DENOISER_BYTES
     with tempfile.TemporaryDirectory() as tmp:
         if small:
             model = build_memory_model(Path(tmp) / "model", layers, heads)
