@@ -67,3 +67,13 @@ def test_cli_forwards_size_and_dtype(cli, monkeypatch):
     assert res.exit_code == 0, res.output
     assert seen["args"] == ("generate", "sd15-random", "cuda", 3, 2, 1, "float16", 256, 128)
     assert cli(["bench", "--dtype", "float8"]).exit_code != 0
+
+
+def test_skipped_figure_is_reported_with_its_reason(capsys):
+    from prefkit.bench import Figure, Skipped, print_figures
+
+    skipped = Skipped("train step, --reference stored (x)", "not measured: refused", 1.10)
+    assert skipped.summary() == {"figure": skipped.name, "skipped": "not measured: refused", "target": 1.10}
+    print_figures([Figure("y", [1.0], [2.0], 1.05), skipped])
+    out = capsys.readouterr().out
+    assert "not measured: refused" in out and "<= 1.05 ok" in out
