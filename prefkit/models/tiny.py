@@ -13,6 +13,9 @@ default size (the pipeline hard-codes 128 x vae_scale_factor = 256 px), so pass 
 The models are meant for tests and demos: weights are random, so images are noise-like, but every code
 path (tokenizers, encoders, schedulers, VAE decode, LoRA) is the real one.
 
+The same registry also names two real-size random-weight models for benchmarks, ``sd15-random`` and
+``sd3-medium-random`` (:mod:`prefkit.models.real_size`; GB-sized, built into the cache on first use).
+
 Heavy libraries (torch, diffusers, transformers) are imported inside functions only.
 
 Rebuild a folder from the command line::
