@@ -14,8 +14,8 @@ and written here as a fact, so nothing is fetched at run time.
 
 What is not the published model, and why it does not change what the bench measures:
 
-* Tokenizers are prefkit's offline tiny ones (:mod:`prefkit.models.tiny`: a byte-level BPE of ~600
-  tokens instead of CLIP's 49,408; a T5 Unigram of a few hundred pieces instead of 32,100). A
+* Tokenizers are prefkit's offline tiny ones (:mod:`prefkit.models.tiny`: a byte-level BPE of 763
+  tokens instead of CLIP's 49,408; a T5 Unigram of 409 pieces instead of 32,100). A
   vocabulary is an embedding lookup: only the embedding tables are smaller. Sequence lengths are the
   real ones (CLIP 77; T5 ``model_max_length`` 512, so SD3 pads prompts to its default 256 tokens and
   the transformer attends over the same 77 + 256 text tokens as the published model).
