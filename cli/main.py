@@ -489,11 +489,27 @@ def bench(
     repeats: Annotated[
         int, typer.Option(help="Interleaved measurements per side; medians are reported.")
     ] = 5,
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="Model dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, float16, bfloat16."
+        ),
+    ] = "auto",
+    height: Annotated[
+        int | None,
+        typer.Option(help="Image height in pixels (default: the model's native size).", show_default=False),
+    ] = None,
+    width: Annotated[
+        int | None,
+        typer.Option(help="Image width in pixels (default: the model's native size).", show_default=False),
+    ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the figures as JSON here.")
     ] = None,
 ) -> None:
-    """Measure prefkit against its baselines, as ratios taken in the same run."""
+    """Measure prefkit against its baselines, as ratios taken in the same run. --model also takes the
+    real-size random-weight models sd15-random and sd3-medium-random (built on first use; meant for
+    --device cuda)."""
     import json
 
     from prefkit.bench import print_figures, run_bench
@@ -505,8 +521,10 @@ def bench(
         _fail(PrefkitError(f"--device {device}: choose cpu or cuda"))
     if min(steps, batch_size, repeats) < 1:
         _fail(PrefkitError("--steps, --batch-size and --repeats must be at least 1"))
+    if dtype not in ("auto", "float32", "float16", "bfloat16"):
+        _fail(PrefkitError(f"--dtype {dtype}: choose auto, float32, float16 or bfloat16"))
     try:
-        figures = run_bench(what, model, device, steps, batch_size, repeats)
+        figures = run_bench(what, model, device, steps, batch_size, repeats, dtype, height, width)
     except PrefkitError as exc:
         _fail(exc)
     print_figures(figures)

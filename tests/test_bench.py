@@ -46,3 +46,34 @@ def test_figure_summary_median_and_spread():
     assert s["ratio_median"] == statistics.median([1.0, 1.5, 2.0])
     assert (s["ratio_min"], s["ratio_max"], s["meets_target"]) == (1.0, 2.0, False)
     assert Figure("y", [30.0], [2.0], 10.0, at_least=True).summary()["meets_target"] is True
+
+
+def test_cli_forwards_size_and_dtype(cli, monkeypatch):
+    """The bench command is a thin wrapper: its options reach run_bench as given."""
+    import prefkit.bench
+
+    seen = {}
+
+    def fake(*args):
+        seen["args"] = args
+        return [prefkit.bench.Figure("x", [1.0], [1.0], None)]
+
+    monkeypatch.setattr(prefkit.bench, "run_bench", fake)
+    args = ["bench", "generate", "--model", "sd15-random", "--device", "cuda", "--steps", "3"]
+    res = cli(
+        args
+        + ["--batch-size", "2", "--repeats", "1", "--dtype", "float16", "--height", "256", "--width", "128"]
+    )
+    assert res.exit_code == 0, res.output
+    assert seen["args"] == ("generate", "sd15-random", "cuda", 3, 2, 1, "float16", 256, 128)
+    assert cli(["bench", "--dtype", "float8"]).exit_code != 0
+
+
+def test_skipped_figure_is_reported_with_its_reason(capsys):
+    from prefkit.bench import Figure, Skipped, print_figures
+
+    skipped = Skipped("train step, --reference stored (x)", "not measured: refused", 1.10)
+    assert skipped.summary() == {"figure": skipped.name, "skipped": "not measured: refused", "target": 1.10}
+    print_figures([Figure("y", [1.0], [2.0], 1.05), skipped])
+    out = capsys.readouterr().out
+    assert "not measured: refused" in out and "<= 1.05 ok" in out

@@ -10,11 +10,10 @@ Everything is made here, from a seed, on a CPU; nothing is downloaded::
 2. Text encoders: two CLIP text encoders with projection and a one-layer T5 encoder, randomly initialised
    from the seed and kept frozen. They are not trained: their outputs already tell the words and their
    order apart, and the denoiser learns to read them (freezing them lets every caption be encoded once).
-3. VAE: an AutoencoderKL (downscale 4: 32 px pictures <-> 8 x 8 x 8 latents) trained on drawn pictures
-   to reconstruct them (MSE + a small KL term). Its latents' mean and standard deviation become the
-   pipeline's ``shift_factor`` and ``scaling_factor``, as SD3's VAE does. The coarse latent leaves the
-   crisp edges to the decoder and a small layout problem to the denoiser.
-4. Denoiser: an SD3Transformer2DModel (joint attention over the text and the 64 latent pixels, patch 1) trained by
+3. VAE: an AutoencoderKL (downscale 2: 32 px pictures <-> 16 x 16 x 4 latents) trained on drawn
+   pictures to reconstruct them (MSE + a small KL term). Its latents' mean and standard deviation become
+   the pipeline's ``shift_factor`` and ``scaling_factor``, as SD3's VAE does.
+4. Denoiser: an SD3Transformer2DModel (joint attention over the text and 8 x 8 patches of 2 x 2 latent pixels) trained by
    rectified flow (x_t = (1 - s) x_0 + s e, target e - x_0, s ~ logit-normal(0, 1) as in SD3) on drawn
    pictures and their captions (10 % of captions dropped to the empty prompt, for classifier-free
    guidance), with AdamW, warm-up, cosine decay and an EMA of the weights (the EMA is what is saved).
@@ -54,21 +53,21 @@ TEXT_LENGTH = 16
 class BuildSettings:
     seed: int = 0
     side: int = 32
-    vae_steps: int = 800
+    vae_steps: int = 600
     vae_batch: int = 16
     vae_lr: float = 2e-3
     vae_kl: float = 1e-4
     scenes: int = 20000
-    steps: int = 2500
-    latent_channels: int = 8
-    batch: int = 32
-    lr: float = 2e-3
+    steps: int = 6000
+    latent_channels: int = 4
+    batch: int = 16
+    lr: float = 1.5e-3
     warmup: int = 200
-    ema: float = 0.998
+    ema: float = 0.999
     caption_dropout: float = 0.1
     say_size: float = 0.5
     say_position: float = 0.3
-    layers: int = 5
+    layers: int = 4
     heads: int = 4
     head_dim: int = 16
     shift: float = 1.0
@@ -110,8 +109,8 @@ def make_untrained(st: BuildSettings):
     torch.manual_seed(st.seed * 1000 + 3)
     width = st.heads * st.head_dim
     transformer = SD3Transformer2DModel(
-        sample_size=st.side // 4,
-        patch_size=1,
+        sample_size=st.side // 2,
+        patch_size=2,
         in_channels=st.latent_channels,
         out_channels=st.latent_channels,
         num_layers=st.layers,
@@ -126,9 +125,9 @@ def make_untrained(st: BuildSettings):
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(16, 32),
         layers_per_block=1,
         latent_channels=st.latent_channels,
         norm_num_groups=8,

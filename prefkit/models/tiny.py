@@ -13,6 +13,9 @@ default size (the pipeline hard-codes 128 x vae_scale_factor = 256 px), so pass 
 The models are meant for tests and demos: weights are random, so images are noise-like, but every code
 path (tokenizers, encoders, schedulers, VAE decode, LoRA) is the real one.
 
+The same registry also names two real-size random-weight models for benchmarks, ``sd15-random`` and
+``sd3-medium-random`` (:mod:`prefkit.models.real_size`; GB-sized, built into the cache on first use).
+
 Heavy libraries (torch, diffusers, transformers) are imported inside functions only.
 
 Rebuild a folder from the command line::
@@ -424,17 +427,28 @@ def _publish(tmp: Path, path: Path, *, overwrite: bool) -> None:
 
 
 def _build(
-    make: Callable[[int], Any], path: str | os.PathLike, seed: int, *, overwrite: bool = True, quiet=None
+    make: Callable[[int], Any] | None,
+    path: str | os.PathLike,
+    seed: int,
+    *,
+    overwrite: bool = True,
+    quiet=None,
+    write: Callable[[Path, int], None] | None = None,
 ) -> str:
     """Build ``make(seed)`` into a temporary sibling folder, then rename it to ``path``. ``quiet`` is the
-    context manager that silences the libraries while saving (default: diffusers' and transformers')."""
+    context manager that silences the libraries while saving (default: diffusers' and transformers').
+    ``write(folder, seed)``, given instead of ``make``, writes the folder itself (the real-size models
+    save one component at a time)."""
     path = Path(path).expanduser().absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_sibling(path, "tmp")
     tmp.mkdir()
     try:
         with (quiet or _quiet)():
-            make(seed).save_pretrained(tmp, safe_serialization=True)
+            if write is not None:
+                write(tmp, seed)
+            else:
+                make(seed).save_pretrained(tmp, safe_serialization=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -457,10 +471,24 @@ def build_tiny_flux(path: str | os.PathLike, seed: int = 0) -> str:
     return _build(_make_flux, path, seed)
 
 
+def _real_size(name: str) -> Callable[..., str]:
+    """The builder of a real-size random-weight model (:mod:`prefkit.models.real_size`), imported on use."""
+
+    def build(path: str | os.PathLike, seed: int = 0) -> str:
+        from prefkit.models import real_size
+
+        return getattr(real_size, "build_" + name.replace("-", "_"))(path, seed)
+
+    return build
+
+
 BUILTIN_MODELS: dict[str, Callable[..., str]] = {
     "tiny-sd15": build_tiny_sd15,
     "tiny-sd3": build_tiny_sd3,
     "tiny-flux": build_tiny_flux,
+    # real size, random weights, for benchmarks (~2 GB and ~5.4 GB folders, built on first use)
+    "sd15-random": _real_size("sd15-random"),
+    "sd3-medium-random": _real_size("sd3-medium-random"),
 }
 
 _MAKERS: dict[str, Callable[[int], Any]] = {
@@ -495,7 +523,7 @@ TRAINED_MODELS: dict[str, str] = {
 
 
 def resolve_builtin(name: str) -> str | None:
-    """Local folder of a built-in tiny model, or None if ``name`` is not a built-in name.
+    """Local folder of a built-in model, or None if ``name`` is not a built-in name.
 
     ``tiny-shapes`` (the default model: trained to draw coloured shapes, prefkit.models.shapes_model) is
     always the committed ``data/models/tiny-shapes``.
@@ -523,7 +551,13 @@ def resolve_builtin(name: str) -> str | None:
     target = _cache_dir() / "models" / f"{name}-{CACHE_VERSION}"
     if not _is_model_folder(target):
         # A folder without model_index.json can only be a damaged one: replace it.
-        _build(_MAKERS[name], target, seed=0, overwrite=target.exists())
+        if name in _MAKERS:
+            _build(_MAKERS[name], target, seed=0, overwrite=target.exists())
+        else:
+            from prefkit.models.real_size import write_pipeline
+
+            write = lambda tmp, seed: write_pipeline(name, tmp, seed)  # noqa: E731
+            _build(None, target, seed=0, overwrite=target.exists(), write=write)
     return str(target)
 
 

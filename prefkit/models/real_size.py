@@ -1,0 +1,335 @@
+"""Real-size pipelines with random weights, built from published configs (no downloads).
+
+They exist to measure speed and memory at the sizes people train (``prefkit bench --model ...``); the
+images are noise. Every number below is copied from the named ``config.json`` of the published model
+and written here as a fact, so nothing is fetched at run time.
+
+* ``sd15-random``: ``StableDiffusionPipeline`` at 512 px. The UNet, the VAE and the DDIM scheduler are
+  those of ``runwayml/stable-diffusion-v1-5`` (UNet: 859,520,964 parameters, as published). The text
+  encoder is CLIP ViT-L/14's text tower (``openai/clip-vit-large-patch14``: 768 wide, 12 layers).
+* ``sd3-medium-random``: ``StableDiffusion3Pipeline`` at 1024 px. The MMDiT transformer, the VAE and
+  the scheduler are those of ``stabilityai/stable-diffusion-3-medium-diffusers`` (transformer:
+  2,028,328,000 parameters, the published "2B"); CLIP-L and CLIP-G (``text_encoder``,
+  ``text_encoder_2``) are real-size too.
+
+What is not the published model, and why it does not change what the bench measures:
+
+* Tokenizers are prefkit's offline tiny ones (:mod:`prefkit.models.tiny`: a byte-level BPE of 763
+  tokens instead of CLIP's 49,408; a T5 Unigram of 409 pieces instead of 32,100). A
+  vocabulary is an embedding lookup: only the embedding tables are smaller. Sequence lengths are the
+  real ones (CLIP 77; T5 ``model_max_length`` 512, so SD3 pads prompts to its default 256 tokens and
+  the transformer attends over the same 77 + 256 text tokens as the published model).
+* SD3's T5 encoder keeps T5-v1.1-XXL's width (d_model 4096, which the transformer's
+  ``joint_attention_dim`` needs) but has 1 layer, 8 heads and d_ff 2048 instead of 24 layers, 64
+  heads and 10240 (~4.7 B parameters, 9.5 GB in bfloat16). Text encoding runs once per prompt, never
+  inside the denoising loop or a training step, so it is not what the bench's figures are about.
+
+Cost (weights saved in bfloat16 safetensors, built once into the cache like ``tiny-sd15``):
+
+=================== ===================== ================ ======================= ====================
+model               denoiser parameters   folder on disk   peak RAM while building  build time (2 CPUs)
+=================== ===================== ================ ======================= ====================
+sd15-random         0.86 B (UNet)         2.0 GB           2.0 GiB                  33 s
+sd3-medium-random   2.03 B (transformer)  5.5 GB           4.5 GiB                  86 s
+=================== ===================== ================ ======================= ====================
+
+Components are built and saved one at a time in bfloat16 (never a float32 copy of the transformer,
+never the whole pipeline in memory), so peak RAM is about the largest component. Loading for the
+bench: float32 on the CPU (``--dtype auto``) doubles those sizes; bfloat16 on CUDA keeps them.
+
+Heavy libraries are imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "PUBLISHED_DENOISER_PARAMETERS",
+    "REAL_SIZE_MODELS",
+    "build_sd3_medium_random",
+    "build_sd15_random",
+    "denoiser_parameters",
+]
+
+# -- SD-1.5: runwayml/stable-diffusion-v1-5 -----------------------------------------------------------
+
+#: unet/config.json of runwayml/stable-diffusion-v1-5.
+SD15_UNET: dict[str, Any] = {
+    "act_fn": "silu",
+    "attention_head_dim": 8,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "center_input_sample": False,
+    "cross_attention_dim": 768,
+    "down_block_types": (
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ),
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "out_channels": 4,
+    "sample_size": 64,
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+}
+
+#: vae/config.json of runwayml/stable-diffusion-v1-5 (scaling_factor: the 0.18215 of the LDM paper).
+SD15_VAE: dict[str, Any] = {
+    "act_fn": "silu",
+    "block_out_channels": (128, 256, 512, 512),
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+}
+
+#: scheduler/scheduler_config.json of runwayml/stable-diffusion-v1-5 (published as PNDM with these
+#: betas; prefkit samples SD-1.5 with DDIM, as its DDIMFamily would convert it to anyway).
+SD15_SCHEDULER: dict[str, Any] = {
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
+
+#: text_config of openai/clip-vit-large-patch14 (SD-1.5's text_encoder; also SD3's text_encoder).
+CLIP_L_TEXT: dict[str, Any] = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "projection_dim": 768,
+}
+
+# -- SD3-medium: stabilityai/stable-diffusion-3-medium-diffusers --------------------------------------
+
+#: transformer/config.json of stabilityai/stable-diffusion-3-medium-diffusers.
+SD3_TRANSFORMER: dict[str, Any] = {
+    "attention_head_dim": 64,
+    "caption_projection_dim": 1536,
+    "in_channels": 16,
+    "joint_attention_dim": 4096,
+    "num_attention_heads": 24,
+    "num_layers": 24,
+    "out_channels": 16,
+    "patch_size": 2,
+    "pooled_projection_dim": 2048,
+    "pos_embed_max_size": 192,
+    "sample_size": 128,
+}
+
+#: vae/config.json of stabilityai/stable-diffusion-3-medium-diffusers.
+SD3_VAE: dict[str, Any] = {
+    "act_fn": "silu",
+    "block_out_channels": (128, 256, 512, 512),
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "force_upcast": True,
+    "in_channels": 3,
+    "latent_channels": 16,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 1024,
+    "scaling_factor": 1.5305,
+    "shift_factor": 0.0609,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "use_post_quant_conv": False,
+    "use_quant_conv": False,
+}
+
+#: scheduler/scheduler_config.json of stabilityai/stable-diffusion-3-medium-diffusers.
+SD3_SCHEDULER: dict[str, Any] = {"num_train_timesteps": 1000, "shift": 3.0}
+
+#: text_encoder_2/config.json of stabilityai/stable-diffusion-3-medium-diffusers (OpenCLIP ViT-bigG/14).
+CLIP_G_TEXT: dict[str, Any] = {
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 20,
+    "max_position_embeddings": 77,
+    "hidden_act": "gelu",
+    "projection_dim": 1280,
+}
+
+#: T5-v1.1-XXL's width and attention buckets (text_encoder_3/config.json), with 1 layer, 8 heads and a
+#: small feed-forward instead of 24 layers, 64 heads and d_ff 10240 (see the module docstring).
+T5_REDUCED: dict[str, Any] = {
+    "d_model": 4096,
+    "d_kv": 64,
+    "num_heads": 8,
+    "d_ff": 2048,
+    "num_layers": 1,
+    "feed_forward_proj": "gated-gelu",
+    "relative_attention_num_buckets": 32,
+    "relative_attention_max_distance": 128,
+}
+_T5_MODEL_MAX_LENGTH = 512  # as the published T5 tokenizer; SD3 pads to 256 of them
+
+#: Published parameter counts of the denoisers (what ``denoiser_parameters`` must reproduce):
+#: SD-1.5's UNet 859,520,964 ("860M" in the model card); SD3-medium's MMDiT 2,028,328,000 ("2B").
+PUBLISHED_DENOISER_PARAMETERS: dict[str, int] = {
+    "sd15-random": 859_520_964,
+    "sd3-medium-random": 2_028_328_000,
+}
+
+_SAVE_DTYPE = "bfloat16"
+
+
+# -- components ---------------------------------------------------------------------------------------
+
+
+def _clip_text(cls_name: str, config: dict[str, Any], tokenizer):
+    import transformers
+
+    cfg = transformers.CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **config,
+    )
+    return getattr(transformers, cls_name)(cfg)
+
+
+def _t5(tokenizer):
+    from transformers import T5Config, T5EncoderModel
+
+    cfg = T5Config(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+        **T5_REDUCED,
+    )
+    return T5EncoderModel(cfg)
+
+
+def _sd15_parts() -> tuple[str, dict[str, Callable[[], Any]]]:
+    """The pipeline class and, per component, a function that builds it (in the order they are seeded)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+    from prefkit.models.tiny import _clip_tokenizer
+
+    tokenizer = _clip_tokenizer()
+    return "StableDiffusionPipeline", {
+        "text_encoder": lambda: _clip_text("CLIPTextModel", CLIP_L_TEXT, tokenizer),
+        "unet": lambda: UNet2DConditionModel(**SD15_UNET),
+        "vae": lambda: AutoencoderKL(**SD15_VAE),
+        "tokenizer": lambda: tokenizer,
+        "scheduler": lambda: DDIMScheduler(**SD15_SCHEDULER),
+    }
+
+
+def _sd3_parts() -> tuple[str, dict[str, Callable[[], Any]]]:
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+    from prefkit.models.tiny import _clip_tokenizer, _t5_tokenizer
+
+    tok, tok_2, tok_3 = _clip_tokenizer(), _clip_tokenizer(), _t5_tokenizer(max_length=_T5_MODEL_MAX_LENGTH)
+    return "StableDiffusion3Pipeline", {
+        "text_encoder": lambda: _clip_text("CLIPTextModelWithProjection", CLIP_L_TEXT, tok),
+        "text_encoder_2": lambda: _clip_text("CLIPTextModelWithProjection", CLIP_G_TEXT, tok_2),
+        "text_encoder_3": lambda: _t5(tok_3),
+        "transformer": lambda: SD3Transformer2DModel(**SD3_TRANSFORMER),
+        "vae": lambda: AutoencoderKL(**SD3_VAE),
+        "tokenizer": lambda: tok,
+        "tokenizer_2": lambda: tok_2,
+        "tokenizer_3": lambda: tok_3,
+        "scheduler": lambda: FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER),
+    }
+
+
+_PARTS: dict[str, Callable[[], tuple[str, dict[str, Callable[[], Any]]]]] = {
+    "sd15-random": _sd15_parts,
+    "sd3-medium-random": _sd3_parts,
+}
+_DENOISER = {"sd15-random": "unet", "sd3-medium-random": "transformer"}
+REAL_SIZE_MODELS = tuple(_PARTS)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype) -> Iterator[None]:
+    """Create parameters directly in ``dtype`` (no float32 copy of 2 B parameters is ever made)."""
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def denoiser_parameters(name: str) -> int:
+    """Parameters of the model's denoiser, counted on the meta device (shapes only, nothing allocated)."""
+    import torch
+
+    with torch.device("meta"):
+        module = _PARTS[name]()[1][_DENOISER[name]]()
+    return sum(p.numel() for p in module.parameters())
+
+
+def write_pipeline(name: str, folder: str | Path, seed: int = 0) -> None:
+    """Write the diffusers folder of ``name`` into ``folder`` (which must exist): model_index.json from
+    the pipeline assembled on the meta device, then each component built in bfloat16, saved, freed."""
+    import diffusers
+    import torch
+
+    from prefkit.models.tiny import _seeded
+
+    folder = Path(folder)
+    cls_name, parts = _PARTS[name]()
+    with torch.device("meta"):
+        meta = {k: make() for k, make in parts.items()}
+    pipe_cls = getattr(diffusers, cls_name)
+    extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    extra = extra if cls_name == "StableDiffusionPipeline" else {}
+    pipe_cls(**meta, **extra).save_config(folder)
+    del meta
+    for offset, (key, make) in enumerate(parts.items()):
+        _seeded(seed, offset)
+        with _default_dtype(getattr(torch, _SAVE_DTYPE)):
+            part = make()
+        if isinstance(part, torch.nn.Module):
+            part.to(getattr(torch, _SAVE_DTYPE)).save_pretrained(folder / key, safe_serialization=True)
+        else:
+            part.save_pretrained(folder / key)
+        del part
+        gc.collect()
+
+
+def _builder(name: str) -> Callable[..., str]:
+    def build(path, seed: int = 0) -> str:
+        from prefkit.models.tiny import _build
+
+        return _build(None, path, seed, write=lambda tmp, s: write_pipeline(name, tmp, s))
+
+    build.__name__ = "build_" + name.replace("-", "_")
+    build.__doc__ = f"Build ``{name}`` (random weights, real size; see the module docstring) into ``path``."
+    return build
+
+
+build_sd15_random = _builder("sd15-random")
+build_sd3_medium_random = _builder("sd3-medium-random")

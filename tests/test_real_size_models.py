@@ -1,0 +1,47 @@
+"""Real-size random-weight models (sd15-random, sd3-medium-random): their architectures are the published
+ones. Checked on the meta device (shapes only, nothing allocated), so the test is fast; nothing real-size
+is built or run here."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from prefkit.models import real_size, tiny  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("name", "published"),
+    [
+        ("sd15-random", 859_520_964),  # runwayml/stable-diffusion-v1-5 UNet ("860M")
+        ("sd3-medium-random", 2_028_328_000),  # stabilityai/stable-diffusion-3-medium transformer ("2B")
+    ],
+)
+def test_denoiser_parameter_count_is_the_published_one(name, published):
+    assert real_size.PUBLISHED_DENOISER_PARAMETERS[name] == published
+    assert real_size.denoiser_parameters(name) == published
+
+
+def test_shapes_agree_across_components():
+    """What must agree for the pipelines to run (a mismatch fails only at inference, not at load)."""
+    assert real_size.SD15_UNET["cross_attention_dim"] == real_size.CLIP_L_TEXT["hidden_size"]
+    assert real_size.SD15_UNET["in_channels"] == real_size.SD15_VAE["latent_channels"]
+    vae_down = 2 ** (len(real_size.SD15_VAE["block_out_channels"]) - 1)
+    assert real_size.SD15_UNET["sample_size"] * vae_down == real_size.SD15_VAE["sample_size"] == 512
+    t = real_size.SD3_TRANSFORMER
+    assert t["joint_attention_dim"] == real_size.T5_REDUCED["d_model"]
+    assert t["pooled_projection_dim"] == (
+        real_size.CLIP_L_TEXT["projection_dim"] + real_size.CLIP_G_TEXT["projection_dim"]
+    )
+    assert t["in_channels"] == real_size.SD3_VAE["latent_channels"] == 16
+    assert t["sample_size"] * 2 ** (len(real_size.SD3_VAE["block_out_channels"]) - 1) == 1024
+
+
+def test_names_are_builtin_without_building():
+    for name in real_size.REAL_SIZE_MODELS:
+        assert name in tiny.BUILTIN_MODELS
