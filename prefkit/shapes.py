@@ -21,8 +21,9 @@ Three users share this module, so they agree by construction:
 Geometry (image of side S pixels): a shape of size s fits in an s x s box centred at (cx, cy). Circle:
 radius s/2. Square: side s. Diamond: the square turned 45 degrees, corners s/2 from the centre.
 Triangle: apex up, base s wide at the bottom of the box. Pictures are drawn 4x larger and averaged down
-(anti-aliased edges). Sizes: small = 0.25-0.34 S, medium = 0.40-0.53 S, large = 0.59-0.72 S; a caption
-without a size word allows any size. Positions: "on the left" puts the centre in the left 40 % of the
+(anti-aliased edges). Sizes (what the judge accepts): small = 0.25-0.34 S, medium = 0.40-0.53 S,
+large = 0.59-0.72 S; the training pictures use 0.3125, 0.5 and 0.6875 S on a 2 px grid of centres. A
+caption without a size word allows any size. Positions: "on the left" puts the centre in the left 40 % of the
 picture (likewise right, top, bottom); without a position word the centre is anywhere the shape fits.
 """
 
@@ -154,27 +155,43 @@ def draw(scene: Scene, side: int = 32) -> np.ndarray:
     return np.round(bg * (1 - alpha) + fg * alpha).astype(np.uint8)
 
 
+#: The box side drawn for each size word, as a fraction of the picture (10, 16 and 22 px at 32 px).
+DRAWN_SIZE: dict[str, float] = {"small": 0.3125, "medium": 0.5, "large": 0.6875}
+#: Centres are drawn on a grid of this step (2 px at 32 px): with the sizes above, edges fall on pixel
+#: boundaries, and a picture is one of a finite set of crisp layouts a tiny model can learn on a CPU.
+CENTRE_STEP = 1 / 16
+
+
 def random_scene(
     rng: np.random.Generator, *, held_out: bool = False, size: str | None = None, position: str | None = None
 ) -> Scene:
-    """A random scene whose colour-shape combination is held out (``held_out``) or a training one."""
+    """A random scene whose colour-shape combination is held out (``held_out``) or a training one.
+
+    The size is one of DRAWN_SIZE (within the bands of SIZES), the centre lies on the CENTRE_STEP grid
+    with the whole shape at least one pixel inside the picture, and inside the position band when
+    ``position`` is given."""
     combos = (
         sorted(HELD_OUT) if held_out else [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELD_OUT]
     )
     colour, shape = combos[rng.integers(len(combos))]
     background = rng.choice([c for c in COLOURS if c != colour])
-    lo, hi = SIZES[size or str(rng.choice(list(SIZES)))]
-    s = float(rng.uniform(lo, hi))
+    s = DRAWN_SIZE[size or str(rng.choice(list(SIZES)))]
     margin = s / 2 + 1 / 32
-    cx, cy = (float(rng.uniform(margin, 1 - margin)) for _ in range(2))
+    grid = np.arange(0.0, 1.0 + 1e-9, CENTRE_STEP)
+    inside = grid[(grid >= margin - 1e-9) & (grid <= 1 - margin + 1e-9)]
+    cx, cy = (float(rng.choice(inside)) for _ in range(2))
     if position is not None:
-        inner = POSITION_BAND - 0.02
+        near = (
+            inside[inside < POSITION_BAND]
+            if position in ("left", "top")
+            else inside[inside > 1 - POSITION_BAND]
+        )
+        if len(near) == 0:  # the largest shapes barely fit a band: take the closest centre
+            near = inside[:1] if position in ("left", "top") else inside[-1:]
         if position in ("left", "right"):
-            cx = float(rng.uniform(margin, max(margin, inner)))
-            cx = cx if position == "left" else 1 - cx
+            cx = float(rng.choice(near))
         else:
-            cy = float(rng.uniform(margin, max(margin, inner)))
-            cy = cy if position == "top" else 1 - cy
+            cy = float(rng.choice(near))
     return Scene(colour, shape, str(background), s, cx, cy)
 
 
