@@ -411,7 +411,7 @@ def loop(
     ctx: typer.Context,
     out: Annotated[Path | None, typer.Option("--out", help=_lp("out"), show_default=False)] = None,
     rounds: Annotated[int, typer.Option("--rounds", help=_lp("rounds"))] = 2,
-    model: Annotated[str, typer.Option("--model", help=_lp("model"))] = "tiny-sd3",
+    model: Annotated[str, typer.Option("--model", help=_lp("model"))] = "tiny-shapes",
     prompt: Annotated[
         list[str] | None, typer.Option("--prompt", help=_lp("prompt"), show_default=False)
     ] = None,

@@ -31,9 +31,10 @@ class GenerateConfig:
 
     out: str = field(None, "Output dataset folder (created; must be empty or absent unless --resume).")
     model: str = field(
-        "tiny-sd3",
-        "Diffusers pipeline: a local folder, a Hub id (OWNER/NAME), or a built-in tiny model "
-        "(tiny-sd3 [default, flow matching], tiny-flux, tiny-sd15).",
+        "tiny-shapes",
+        "Diffusers pipeline: a local folder, a Hub id (OWNER/NAME), or a built-in model: tiny-shapes "
+        "[default; trained to draw coloured shapes, SD3-style flow matching], or the random-weight tiny-sd3, "
+        "tiny-flux, tiny-sd15 (and sd15-random, sd3-medium-random for benchmarks).",
     )
     revision: str | None = field(None, "Hub revision (branch, tag or commit) of --model.")
     lora: str | None = field(
@@ -362,7 +363,7 @@ class LoopConfig:
 
     out: str = field(None, "Output folder: round-NNN/{data,train}, rounds.jsonl, rewards.png.")
     rounds: int = field(2, "Training rounds R; round R (no training) then measures the last adapter.")
-    model: str = field("tiny-sd3", "Base model, as for `prefkit generate --model`.")
+    model: str = field("tiny-shapes", "Base model, as for `prefkit generate --model`.")
     prompt: list[str] = field(help="A prompt; repeat the flag for several.", default_factory=list)
     prompts: str | None = field(None, "A prompt file or a built-in list, as for `prefkit generate`.")
     samples_per_prompt: int = field(8, "Samples per prompt and round.")
