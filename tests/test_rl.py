@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,6 @@ from prefkit.schemas import validate
 from prefkit.train import run_train
 
 LR = 1e-4
-SCORER = "prefkit_test_rl_scorer"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -311,20 +309,8 @@ def test_init_lora_loads_the_adapter_and_refuses_a_mismatch(labelled_dataset, tm
 
 
 @pytest.fixture
-def scorer_module(tmp_path):
-    (tmp_path / f"{SCORER}.py").write_text(
-        textwrap.dedent(
-            """
-            import numpy as np
-
-            def brightness(images, prompts):
-                return [float(np.asarray(im.convert("RGB"), dtype=np.float64).mean()) for im in images]
-            """
-        )
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(tmp_path))
-        yield f"python:{SCORER}:brightness"
+def scorer_module():
+    return "python:prefkit_test_scorers:brightness"  # tests/prefkit_test_scorers.py, shared with test_eval
 
 
 def test_loop_one_round_then_resume_adds_a_round(tiny_models, scorer_module, tmp_path, cli):

@@ -2,7 +2,7 @@
 on held-out prompts, far beyond run-to-run noise.
 
 Setup (as tests/test_learning.py): the tiny SD3 at 16 x 16 px, 4 steps, no CFG, flow-SDE noise 0.7.
-The reward is a rule written to tmp_path as a python:module:function scorer: the mean pixel value
+The reward is the python:module:function scorer tests/prefkit_test_scorers.py:brightness: the mean pixel value
 (brightness). The loop: 2 rounds of 8 training prompts x 8 samples generated
 by the current policy, scored, and 15 DDPO steps of 8 samples (lr 1e-2, clip range 1e-2, rank 4, seed 0)
 from the previous round's LoRA. Then the last LoRA and the base model sample HELD-OUT prompts with NEW
@@ -27,7 +27,6 @@ of any trained LoRA. ~25 s on an idle machine.
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,6 @@ import torch
 from prefkit.config import LoopConfig
 from prefkit.loop import run_loop
 
-SCORER = "prefkit_test_rl_learning_scorer"
 SIZE, STEPS, NOISE, GUIDANCE = 16, 4, 0.7, 1.0
 TRAIN_PROMPTS = [f"a photo of a {w}" for w in "cat dog horse monkey rabbit zebra spider bird".split()]
 HELD_OUT = [f"a painting of a {w}" for w in "sheep deer cow goat lion tiger bear fox".split()]
@@ -46,20 +44,8 @@ T_MIN = 5.0
 
 
 @pytest.fixture
-def scorer_module(tmp_path):
-    (tmp_path / f"{SCORER}.py").write_text(
-        textwrap.dedent(
-            """
-            import numpy as np
-
-            def brighter(images, prompts):
-                return [float(np.asarray(im.convert("RGB"), dtype=np.float64).mean()) for im in images]
-            """
-        )
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(tmp_path))
-        yield SCORER
+def scorer_module():
+    return "prefkit_test_scorers"  # tests/prefkit_test_scorers.py, shared with test_eval
 
 
 def test_two_rounds_of_ddpo_raise_the_score(tiny_models, scorer_module, tmp_path):
@@ -87,7 +73,7 @@ def test_two_rounds_of_ddpo_raise_the_score(tiny_models, scorer_module, tmp_path
                     height=SIZE,
                     width=SIZE,
                     generate_batch_size=16,
-                    source=f"python:{scorer_module}:{rule}",
+                    source=f"python:{scorer_module}:brightness",  # the "brighter" rule
                     objective="ddpo",
                     max_steps=15,
                     batch_size=8,
