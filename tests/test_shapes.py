@@ -108,7 +108,8 @@ def test_builtin_prompt_lists_follow_the_split():
     assert {(c.colour, c.shape) for c in held} == set(shapes.HELD_OUT)
 
 
-def test_build_script_makes_a_loadable_model_and_a_report(tmp_path):
+@pytest.mark.parametrize("family", ["sd3", "sd15"])
+def test_build_script_makes_a_loadable_model_and_a_report(tmp_path, family):
     """The tiny-shapes build script end to end on a minute budget (a few steps of each phase): a plain
     diffusers folder that DiffusionPipeline.from_pretrained loads, with the judge's report beside it."""
     import json
@@ -117,10 +118,13 @@ def test_build_script_makes_a_loadable_model_and_a_report(tmp_path):
 
     from prefkit.models.shapes_model import BuildSettings, build
 
-    settings = BuildSettings(vae_steps=2, steps=2, scenes=64, batch=8, vae_batch=4, eval_samples=4)
+    settings = BuildSettings(
+        vae_steps=2, steps=2, scenes=64, batch=8, vae_batch=4, eval_samples=4, family=family
+    )
     report = build(tmp_path / "model", settings, log=lambda m: None)
     pipe = DiffusionPipeline.from_pretrained(tmp_path / "model")
-    assert type(pipe).__name__ == "StableDiffusion3Pipeline"
+    expected = {"sd3": "StableDiffusion3Pipeline", "sd15": "StableDiffusionPipeline"}[family]
+    assert type(pipe).__name__ == expected
     assert pipe.vae.config.scaling_factor == pytest.approx(report["vae_scaling_factor"])
     saved = json.loads((tmp_path / "model" / "build_report.json").read_text())
     assert saved["settings"]["steps"] == 2 and 0.0 <= saved["held_out"]["colour_and_shape"] <= 1.0

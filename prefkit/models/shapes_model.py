@@ -18,6 +18,10 @@ Everything is made here, from a seed, on a CPU; nothing is downloaded::
    pictures and their captions (10 % of captions dropped to the empty prompt, for classifier-free
    guidance), with AdamW, warm-up, cosine decay and an EMA of the weights (the EMA is what is saved).
    Colour-shape combinations in prefkit.shapes.HELD_OUT are never drawn.
+``--family sd15`` builds the SD-1.5-style variant instead: the same tokenizer and VAE, one CLIP text
+encoder, a small UNet2DConditionModel (cross-attention) trained on DDPM's epsilon objective with SD-1.5's
+scaled-linear betas, and DDIM for sampling (no VAE shift: SD-1.5 pipelines do not use one).
+
 5. Check: pictures sampled with prefkit's own sampler (the settings ``prefkit generate`` uses by
    default) for held-out captions and for training captions are read back by the shapes judge
    (prefkit.shapes.analyse); the rates of right colour, shape and both are written to
@@ -73,6 +77,7 @@ class BuildSettings:
     shift: float = 1.0
     eval_samples: int = 96
     threads: int = 0  # 0: torch's default
+    family: str = "sd3"  # sd3 (flow matching, SD3Transformer2DModel) or sd15 (DDIM, UNet)
 
 
 # -- pieces ---------------------------------------------------------------------------------------------
@@ -141,6 +146,8 @@ def make_untrained(st: BuildSettings):
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=st.shift)
     for module in (te, te2, te3):
         module.requires_grad_(False).eval()
+    if st.family == "sd15":
+        return _sd15(st, tok, te, vae)
     return StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=scheduler,
@@ -151,6 +158,53 @@ def make_untrained(st: BuildSettings):
         tokenizer_2=tok2,
         text_encoder_3=te3,
         tokenizer_3=tok3,
+    )
+
+
+def _sd15(st: BuildSettings, tokenizer, text_encoder_with_projection, vae):
+    """The SD-1.5-style variant: the same tokenizer and VAE, a CLIP text encoder, a small UNet, DDIM."""
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from prefkit.models.tiny import _clip_text_config
+
+    torch.manual_seed(st.seed * 1000 + 5)
+    text_encoder = CLIPTextModel(_clip_text_config(tokenizer, 32, 32)).requires_grad_(False).eval()
+    torch.manual_seed(st.seed * 1000 + 6)
+    width = st.heads * st.head_dim
+    unet = UNet2DConditionModel(
+        sample_size=st.side // 2,
+        in_channels=st.latent_channels,
+        out_channels=st.latent_channels,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(width // 2, width),
+        layers_per_block=1,
+        norm_num_groups=16,
+        cross_attention_dim=32,
+        attention_head_dim=8,
+    )
+    vae.register_to_config(shift_factor=None)
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
 
 
@@ -216,6 +270,10 @@ def encode_captions(pipe, captions: list[str]) -> dict[str, tuple[Any, Any]]:
     with torch.no_grad():
         for i in range(0, len(distinct), 256):
             chunk = distinct[i : i + 256]
+            if not hasattr(pipe, "transformer"):  # sd15: CLIP hidden states, no pooled projection
+                pe, _ = pipe.encode_prompt(chunk, "cpu", 1, False)
+                table.update({text: (pe[j], pe.new_zeros(1)) for j, text in enumerate(chunk)})
+                continue
             pe, _, pooled, _ = pipe.encode_prompt(
                 prompt=chunk,
                 prompt_2=None,
@@ -234,8 +292,10 @@ def train_denoiser(pipe, st: BuildSettings, rng: np.random.Generator, log) -> No
 
     import torch
 
-    vae, transformer = pipe.vae, pipe.transformer
-    shift, scale = vae.config.shift_factor, vae.config.scaling_factor
+    sd15 = not hasattr(pipe, "transformer")
+    vae, transformer = pipe.vae, (pipe.unet if sd15 else pipe.transformer)
+    shift, scale = vae.config.shift_factor or 0.0, vae.config.scaling_factor
+    alphas = pipe.scheduler.alphas_cumprod if sd15 else None
     data = _scenes(rng, st.scenes, st)
     latents = []
     with torch.no_grad():
@@ -263,14 +323,21 @@ def train_denoiser(pipe, st: BuildSettings, rng: np.random.Generator, log) -> No
         x0, e, p = latents[idx], embeds[idx].clone(), pooled[idx].clone()
         drop = torch.rand(st.batch, generator=gen) < st.caption_dropout
         e[drop], p[drop] = empty_e, empty_p
-        sigma = torch.sigmoid(torch.randn(st.batch, generator=gen))
         noise = torch.randn(x0.shape, generator=gen)
-        s = sigma[:, None, None, None]
-        xt = (1 - s) * x0 + s * noise
-        pred = transformer(
-            hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=e, pooled_projections=p
-        ).sample
-        loss = torch.nn.functional.mse_loss(pred, noise - x0)
+        if sd15:  # DDPM epsilon prediction, t uniform over the 1000 training steps
+            t = torch.randint(1000, (st.batch,), generator=gen)
+            ab = alphas[t][:, None, None, None]
+            xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+            pred = transformer(xt, t, encoder_hidden_states=e).sample
+            loss = torch.nn.functional.mse_loss(pred, noise)
+        else:
+            sigma = torch.sigmoid(torch.randn(st.batch, generator=gen))
+            s = sigma[:, None, None, None]
+            xt = (1 - s) * x0 + s * noise
+            pred = transformer(
+                hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=e, pooled_projections=p
+            ).sample
+            loss = torch.nn.functional.mse_loss(pred, noise - x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
@@ -297,7 +364,8 @@ def evaluate(folder: str | Path, samples: int, seed: int = 12345, held_out: bool
 
     fam = family_of(load_pipeline(str(folder)))
     d = GenerateConfig()
-    settings = SamplerSettings(steps=d.steps, guidance=d.guidance, noise=0.7, height=32, width=32)
+    noise = 1.0 if fam.name == "ddim" else 0.7  # generate's defaults: eta 1 (DDIM), noise level 0.7 (flow)
+    settings = SamplerSettings(steps=d.steps, guidance=d.guidance, noise=noise, height=32, width=32)
     rng = np.random.default_rng(seed)
     st = BuildSettings()
     captions = [c for _, c in _scenes(rng, samples, st, held_out=held_out)]
@@ -337,7 +405,9 @@ def build(path: str | os.PathLike, st: BuildSettings, log=print) -> dict[str, An
             pipe = make_untrained(st)
             t = time.perf_counter()
             shift, scale = train_vae(pipe, st, rng, log)
-            pipe.vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+            pipe.vae.register_to_config(
+                shift_factor=None if st.family == "sd15" else shift, scaling_factor=scale
+            )
             times["vae_s"] = time.perf_counter() - t
             t = time.perf_counter()
             train_denoiser(pipe, st, rng, log)
