@@ -68,6 +68,7 @@ class Origin:
     train: dict[str, Any] | None = None  # the run's resolved TrainConfig (config.yaml)
     dataset: str | None = None  # the run's dataset, as config.yaml names it
     manifest: dict[str, Any] | None = None  # the dataset's manifest.json, when found here
+    folder: Path | None = None  # the folder holding that manifest.json
     notes: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -109,7 +110,7 @@ def find_origin(spec: str | None) -> Origin:
     ds = Path(str(origin.dataset or "")).expanduser()
     for candidate in (ds, ds / "trajectories"):  # a generate folder, or a published folder
         if origin.dataset and (candidate / MANIFEST).is_file():
-            origin.manifest = read_manifest(candidate)
+            origin.manifest, origin.folder = read_manifest(candidate), candidate
             return origin
     origin.notes.append(
         f"the training run's dataset {origin.dataset!r} has no manifest.json reachable from {Path.cwd()}; "
@@ -183,20 +184,13 @@ def check_out(out: Path, overwrite: bool) -> None:
         )
 
 
-def _dataset_folder(origin: Origin) -> Path | None:
-    from prefkit.shards import MANIFEST
-
-    ds = Path(str(origin.dataset or "")).expanduser()
-    return ds if origin.dataset and (ds / MANIFEST).is_file() else None
-
-
 def training_source(origin: Origin) -> str | None:
     """The judge that labelled the LoRA's training pairs (the label sets' ``source``), when it is one
     judge that eval can run again; None otherwise (human labels, several judges, no run found)."""
     from prefkit.label import source_kind
     from prefkit.labels import label_sets
 
-    folder = _dataset_folder(origin)
+    folder = origin.folder
     if folder is None or origin.train is None:
         return None
     chosen = origin.train.get("labels")

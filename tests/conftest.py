@@ -21,6 +21,19 @@ def _isolated_cache(tmp_path_factory):
     os.environ["PREFKIT_CACHE"] = str(tmp_path_factory.mktemp("prefkit-cache"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): on a
+    small shared CPU, torch's thread pool oversubscribed by other processes makes a tiny forward pass
+    ~10x slower. Invariance runs compare within one setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, str]:
     """{"ddim": sd15 folder, "sd3": folder, "flux": folder}: diffusers folders saved with save_pretrained."""

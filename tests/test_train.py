@@ -58,14 +58,7 @@ def softplus_neg(z: float) -> float:
 # -- fixtures ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, torch's thread pool oversubscribed by other
-    processes makes a tiny forward pass ~10x slower. The invariance runs compare within one setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _invoke(args: list) -> object:

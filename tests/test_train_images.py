@@ -20,12 +20,7 @@ LOG2 = math.log(2.0)
 RED, BLUE = (220, 30, 30), (30, 30, 220)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _image_bytes(colour, fmt="PNG", seed=None, size=32) -> bytes:

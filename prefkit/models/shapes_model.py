@@ -164,10 +164,10 @@ def make_untrained(st: BuildSettings):
 def _sd15(st: BuildSettings, tokenizer, text_encoder_with_projection, vae):
     """The SD-1.5-style variant: the same tokenizer and VAE, a CLIP text encoder, a small UNet, DDIM."""
     import torch
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from prefkit.models.tiny import _clip_text_config
+    from prefkit.models.tiny import _clip_text_config, sd15_pipeline
 
     torch.manual_seed(st.seed * 1000 + 5)
     text_encoder = CLIPTextModel(_clip_text_config(tokenizer, 32, 32)).requires_grad_(False).eval()
@@ -186,26 +186,7 @@ def _sd15(st: BuildSettings, tokenizer, text_encoder_with_projection, vae):
         attention_head_dim=8,
     )
     vae.register_to_config(shift_factor=None)
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-    )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return sd15_pipeline(vae, text_encoder, tokenizer, unet)
 
 
 def _to_tensor(pictures: list[np.ndarray]):

@@ -237,7 +237,7 @@ def _seeded(seed: int, offset: int) -> None:
 
 
 def _make_sd15(seed: int):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
     tokenizer = _clip_tokenizer()
@@ -258,6 +258,14 @@ def _make_sd15(seed: int):
     )
     _seeded(seed, 2)
     vae = _vae(4, scaling_factor=0.18215, shift_factor=None, quant_conv=True)
+    return sd15_pipeline(vae, text_encoder, tokenizer, unet)
+
+
+def sd15_pipeline(vae, text_encoder, tokenizer, unet):
+    """A ``StableDiffusionPipeline`` of these parts with SD-1.5's DDIM scheduler (scaled-linear betas
+    0.00085-0.012, epsilon prediction, steps offset 1) and no safety checker."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
     scheduler = DDIMScheduler(
         num_train_timesteps=1000,
         beta_start=0.00085,
