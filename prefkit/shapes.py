@@ -162,8 +162,25 @@ DRAWN_SIZE: dict[str, float] = {"small": 0.3125, "medium": 0.5, "large": 0.6875}
 CENTRE_STEP = 1 / 16
 
 
+def canonical_centre(size: float, position: str | None) -> tuple[float, float]:
+    """Where a shape of ``size`` is put by default (the centre, as fractions of the side): the middle of the picture, or for a position word the
+    grid point of that side's band closest to the band's middle (1/5 of the side) that keeps the whole
+    shape one pixel inside the picture; the other axis stays in the middle."""
+    if position is None:
+        return 0.5, 0.5
+    margin = size / 2 + 1 / 32
+    near = float(np.ceil(max(POSITION_BAND / 2, margin) / CENTRE_STEP - 1e-9) * CENTRE_STEP)
+    far = 1.0 - near
+    return {"left": (near, 0.5), "right": (far, 0.5), "top": (0.5, near), "bottom": (0.5, far)}[position]
+
+
 def random_scene(
-    rng: np.random.Generator, *, held_out: bool = False, size: str | None = None, position: str | None = None
+    rng: np.random.Generator,
+    *,
+    held_out: bool = False,
+    size: str | None = None,
+    position: str | None = None,
+    jitter: int | None = None,
 ) -> Scene:
     """A random scene whose colour-shape combination is held out (``held_out``) or a training one.
 
@@ -179,6 +196,14 @@ def random_scene(
     margin = s / 2 + 1 / 32
     grid = np.arange(0.0, 1.0 + 1e-9, CENTRE_STEP)
     inside = grid[(grid >= margin - 1e-9) & (grid <= 1 - margin + 1e-9)]
+    if jitter is not None:  # near the canonical place: at most ``jitter`` grid steps from it on each axis
+        home, centre = canonical_centre(s, position), []
+        for axis, h in enumerate(home):
+            near = inside[np.abs(inside - h) <= jitter * CENTRE_STEP + 1e-9]
+            if position is not None and axis == (0 if position in ("left", "right") else 1):
+                near = near[(near < POSITION_BAND) if position in ("left", "top") else (near > 1 - POSITION_BAND)]
+            centre.append(float(rng.choice(near)))
+        return Scene(colour, shape, str(background), s, *centre)
     cx, cy = (float(rng.choice(inside)) for _ in range(2))
     if position is not None:
         near = (

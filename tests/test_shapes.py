@@ -34,6 +34,27 @@ def test_held_out_combinations_are_never_drawn_for_training():
     assert held == set(shapes.HELD_OUT)
 
 
+def test_canonical_places_and_jitter():
+    """Without a position word a shape sits in the middle; with one, on the grid point nearest 1/5 of the
+    side that keeps it inside (hand-worked: a medium shape, 16 px, needs 8 + 1 px: 0.28125 -> 0.3125);
+    jitter k keeps centres within k grid steps of that place, and the judge reads the position word."""
+    assert shapes.canonical_centre(0.5, None) == (0.5, 0.5)
+    assert shapes.canonical_centre(0.3125, "left") == (0.25, 0.5)
+    assert shapes.canonical_centre(0.5, "top") == (0.5, 0.3125)
+    assert shapes.canonical_centre(0.6875, "right") == (0.625, 0.5)
+    rng = np.random.default_rng(3)
+    for jitter in (0, 1):
+        for i in range(200):
+            position = (None, *shapes.POSITIONS)[i % 5]
+            scene = shapes.random_scene(rng, position=position, jitter=jitter)
+            hx, hy = shapes.canonical_centre(scene.size, position)
+            assert abs(scene.cx - hx) <= jitter / 16 + 1e-9 and abs(scene.cy - hy) <= jitter / 16 + 1e-9
+            request = shapes.caption(scene, say_size=True, position=position)
+            assert all(shapes.check(shapes.analyse(shapes.draw(scene)), request).values())
+    centres = {(s.cx, s.cy) for s in (shapes.random_scene(rng, size="small", jitter=1) for _ in range(200))}
+    assert len(centres) == 9
+
+
 def test_reads_back_every_attribute_of_drawn_pictures():
     """Ground truth: on 400 drawn pictures (small shapes of 8 px included) every attribute is right."""
     rng = np.random.default_rng(2)

@@ -57,26 +57,30 @@ TEXT_LENGTH = 16
 class BuildSettings:
     seed: int = 0
     side: int = 32
-    vae_steps: int = 600
+    vae_steps: int = 1000
     vae_batch: int = 16
     vae_lr: float = 2e-3
     vae_kl: float = 1e-4
     scenes: int = 20000
-    steps: int = 6000
+    steps: int = 10000
     latent_channels: int = 4
     batch: int = 16
-    lr: float = 1.5e-3
+    lr: float = 1e-3
     warmup: int = 200
     ema: float = 0.999
     caption_dropout: float = 0.1
     say_size: float = 0.5
     say_position: float = 0.3
+    jitter: int = 0  # centres at most this many 2 px steps from the canonical place; -1: anywhere
     layers: int = 4
-    heads: int = 4
+    patch: int = 2  # the transformer's patch side, in latent pixels
+    vae_factor: int = 2  # the VAE's downscale: 1, 2 or 4
+    heads: int = 8
     head_dim: int = 16
     shift: float = 1.0
     eval_samples: int = 96
     threads: int = 0  # 0: torch's default
+    pooled: int = 0  # 0: the CLIP projections are zero, so the pooled text embedding is the same for every caption
     family: str = "sd3"  # sd3 (flow matching, SD3Transformer2DModel) or sd15 (DDIM, UNet)
 
 
@@ -114,8 +118,8 @@ def make_untrained(st: BuildSettings):
     torch.manual_seed(st.seed * 1000 + 3)
     width = st.heads * st.head_dim
     transformer = SD3Transformer2DModel(
-        sample_size=st.side // 2,
-        patch_size=2,
+        sample_size=st.side // st.vae_factor,
+        patch_size=st.patch,
         in_channels=st.latent_channels,
         out_channels=st.latent_channels,
         num_layers=st.layers,
@@ -127,12 +131,13 @@ def make_untrained(st: BuildSettings):
         pos_embed_max_size=32,
     )
     torch.manual_seed(st.seed * 1000 + 4)
+    blocks = {1: 1, 2: 2, 4: 3}[st.vae_factor]
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        block_out_channels=(16, 32, 32)[-blocks:],
         layers_per_block=1,
         latent_channels=st.latent_channels,
         norm_num_groups=8,
@@ -146,6 +151,9 @@ def make_untrained(st: BuildSettings):
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=st.shift)
     for module in (te, te2, te3):
         module.requires_grad_(False).eval()
+    if not st.pooled:
+        for module in (te, te2):
+            module.text_projection.weight.data.zero_()
     if st.family == "sd15":
         return _sd15(st, tok, te, vae)
     return StableDiffusion3Pipeline(
@@ -174,7 +182,7 @@ def _sd15(st: BuildSettings, tokenizer, text_encoder_with_projection, vae):
     torch.manual_seed(st.seed * 1000 + 6)
     width = st.heads * st.head_dim
     unet = UNet2DConditionModel(
-        sample_size=st.side // 2,
+        sample_size=st.side // st.vae_factor,
         in_channels=st.latent_channels,
         out_channels=st.latent_channels,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -201,7 +209,8 @@ def _scenes(rng: np.random.Generator, count: int, st: BuildSettings, held_out: b
     out = []
     for _ in range(count):
         position = str(rng.choice(shapes.POSITIONS)) if rng.random() < st.say_position else None
-        scene = shapes.random_scene(rng, held_out=held_out, position=position)
+        jitter = None if st.jitter < 0 else st.jitter
+        scene = shapes.random_scene(rng, held_out=held_out, position=position, jitter=jitter)
         cap = shapes.caption(scene, say_size=bool(rng.random() < st.say_size), position=position)
         out.append((scene, cap.text()))
     return out
