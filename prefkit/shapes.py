@@ -25,6 +25,9 @@ Triangle: apex up, base s wide at the bottom of the box. Pictures are drawn 4x l
 large = 0.59-0.72 S; the training pictures use 0.3125, 0.5 and 0.6875 S on a 2 px grid of centres. A
 caption without a size word allows any size. Positions: "on the left" puts the centre in the left 40 % of the
 picture (likewise right, top, bottom); without a position word the centre is anywhere the shape fits.
+Drawing can be narrower than what the judge accepts: ``random_scene(..., jitter=k)`` puts the centre
+within k grid steps of :func:`canonical_centre` (the middle, or 1/5 of the side from the named edge), which
+is how the built-in model's training pictures are drawn (k = 0).
 """
 
 from __future__ import annotations

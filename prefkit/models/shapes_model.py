@@ -10,6 +10,13 @@ Everything is made here, from a seed, on a CPU; nothing is downloaded::
 2. Text encoders: two CLIP text encoders with projection and a one-layer T5 encoder, randomly initialised
    from the seed and kept frozen. They are not trained: their outputs already tell the words and their
    order apart, and the denoiser learns to read them (freezing them lets every caption be encoded once).
+   By default (``--pooled 0``) the CLIP projections are zero, so the pooled embedding that SD3 feeds to
+   every block's modulation is the same for every caption and the words reach the denoiser only through
+   joint attention over the token sequence. Measured (48 held-out captions, same settings otherwise):
+   with the pooled embedding the model draws held-out colour-shape combinations in the colour of a
+   combination it was trained on (right colour 0.77 held out vs 0.98 on training captions); without it
+   0.90 vs 0.96. A pooled embedding mixes the whole caption into one vector, and an unseen mixture is
+   read as the nearest seen one; the token sequence keeps the colour word and the shape word apart.
 3. VAE: an AutoencoderKL (downscale 2: 32 px pictures <-> 16 x 16 x 4 latents) trained on drawn
    pictures to reconstruct them (MSE + a small KL term). Its latents' mean and standard deviation become
    the pipeline's ``shift_factor`` and ``scaling_factor``, as SD3's VAE does.
@@ -17,7 +24,11 @@ Everything is made here, from a seed, on a CPU; nothing is downloaded::
    rectified flow (x_t = (1 - s) x_0 + s e, target e - x_0, s ~ logit-normal(0, 1) as in SD3) on drawn
    pictures and their captions (10 % of captions dropped to the empty prompt, for classifier-free
    guidance), with AdamW, warm-up, cosine decay and an EMA of the weights (the EMA is what is saved).
-   Colour-shape combinations in prefkit.shapes.HELD_OUT are never drawn.
+   Colour-shape combinations in prefkit.shapes.HELD_OUT are never drawn. Shapes are drawn at their
+   canonical place (``--jitter 0``: the middle, or near the named edge; prefkit.shapes.canonical_centre):
+   with centres anywhere, the same budget learned colours and places but drew every shape as a blob
+   (shape right 0.27 held out); at fixed places it learns the outlines (0.48 -> 0.90 on training captions
+   as the transformer grows from 64 to 128 wide). The judge still accepts a shape anywhere.
 ``--family sd15`` builds the SD-1.5-style variant instead: the same tokenizer and VAE, one CLIP text
 encoder, a small UNet2DConditionModel (cross-attention) trained on DDPM's epsilon objective with SD-1.5's
 scaled-linear betas, and DDIM for sampling (no VAE shift: SD-1.5 pipelines do not use one).
