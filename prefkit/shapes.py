@@ -204,7 +204,9 @@ def random_scene(
         for axis, h in enumerate(home):
             near = inside[np.abs(inside - h) <= jitter * CENTRE_STEP + 1e-9]
             if position is not None and axis == (0 if position in ("left", "right") else 1):
-                near = near[(near < POSITION_BAND) if position in ("left", "top") else (near > 1 - POSITION_BAND)]
+                near = near[
+                    (near < POSITION_BAND) if position in ("left", "top") else (near > 1 - POSITION_BAND)
+                ]
             centre.append(float(rng.choice(near)))
         return Scene(colour, shape, str(background), s, *centre)
     cx, cy = (float(rng.choice(inside)) for _ in range(2))
