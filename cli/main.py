@@ -377,7 +377,9 @@ def eval_(
     judge_batch_size: Annotated[
         int, typer.Option("--judge-batch-size", help=_e("judge_batch_size"))
     ] = EvalConfig.judge_batch_size,
-    tie_margin: Annotated[float, typer.Option("--tie-margin", help=_e("tie_margin"))] = EvalConfig.tie_margin,
+    tie_margin: Annotated[
+        float | None, typer.Option("--tie-margin", help=_e("tie_margin"))
+    ] = EvalConfig.tie_margin,
     kl: Annotated[bool, typer.Option("--kl/--no-kl", help=_e("kl"))] = EvalConfig.kl,
     overwrite: Annotated[bool, typer.Option("--overwrite", help=_e("overwrite"))] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=_e("quiet"))] = False,

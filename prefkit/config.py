@@ -531,8 +531,10 @@ class EvalConfig:
     judge_device: str | None = field(None, "Device of the judge (default: --device).")
     judge_dtype: str = field("float32", "Judge model dtype: float32, float16, bfloat16.")
     judge_batch_size: int = field(8, "Images (or pairs) per judge call.")
-    tie_margin: float = field(
-        0.0, "Scorer judges: a tuned-minus-base score difference of at most this is a tie."
+    tie_margin: float | None = field(
+        None,
+        "Scorer judges: a tuned-minus-base score difference of at most this is a tie (default: the "
+        "--tie-margin the training pairs were labelled with, else 0).",
     )
     kl: bool = field(
         True,

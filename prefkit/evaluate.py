@@ -16,7 +16,8 @@ Outcome of one sample (prompt p, sample i; base and tuned share its seed):
   scorer       d = score(tuned) - score(base): win if d > tie_margin, loss if d < -tie_margin, else tie
   pair judge   judge.compare(base, tuned) (prefkit's pairwise judges ask in both orders): "1" win,
                "0" loss, "tie" tie, None no verdict (left out of the win rate, counted)
-  win rate     (wins + ties / 2) / (wins + ties + losses), 95 % Wilson score interval
+  win rate     (wins + ties / 2) / (wins + ties + losses), with the sign test's 95 % interval (the Wilson
+               interval of wins / (wins + losses), put on the win rate's scale: prefkit.stats)
 
 Drift, per sample:
   latent_rms   sqrt(mean((x0_tuned - x0_base)^2)) over the final latent's elements (same seed)
@@ -53,7 +54,10 @@ LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 REPORT, SAMPLES, GRID = "report.json", "samples.jsonl", "grid.png"
 GRID_PROMPTS, GRID_SAMPLES = 8, 4  # grid.png: the first prompts, and the first samples of each
 SAMPLER_KEYS = ("steps", "guidance", "negative_prompt", "eta", "noise_level", "height", "width")
-INTERVALS = "95 %: Wilson score interval for the win rate (a tie counts half a win), Student t for means"
+INTERVALS = (
+    "95 %: win rate (a tie counts half a win) with the sign test's interval (the Wilson score interval of "
+    "wins among decisive pairs, on the win rate's scale); Student t for means"
+)
 
 
 # -- 1. settings --------------------------------------------------------------------------------------
@@ -184,10 +188,9 @@ def check_out(out: Path, overwrite: bool) -> None:
         )
 
 
-def training_source(origin: Origin) -> str | None:
-    """The judge that labelled the LoRA's training pairs (the label sets' ``source``), when it is one
-    judge that eval can run again; None otherwise (human labels, several judges, no run found)."""
-    from prefkit.label import source_kind
+def training_labels(origin: Origin) -> list[dict[str, Any]] | None:
+    """The meta records (``labels/NAME.meta.json``) of the label sets the LoRA was trained on; None when
+    no training run was found or a meta cannot be read."""
     from prefkit.labels import label_sets
 
     folder = origin.folder
@@ -195,21 +198,43 @@ def training_source(origin: Origin) -> str | None:
         return None
     chosen = origin.train.get("labels")
     names = [n.strip() for n in str(chosen).split(",") if n.strip()] if chosen else label_sets(folder)
-    sources = set()
+    metas = []
     for name in names:
-        meta = folder / "labels" / f"{name}.meta.json"
         try:
-            sources.add(json.loads(meta.read_text()).get("source"))
+            metas.append(json.loads((folder / "labels" / f"{name}.meta.json").read_text()))
         except (OSError, ValueError):
             return None
+    return metas
+
+
+def training_source(origin: Origin) -> str | None:
+    """The judge that labelled the LoRA's training pairs (the label sets' ``source``), when it is one
+    judge that eval can run again; None otherwise (human labels, several judges, no run found)."""
+    from prefkit.label import source_kind
+
+    metas = training_labels(origin)
+    sources = {m.get("source") for m in metas} if metas else set()
     if len(sources) != 1:
         return None
     source = sources.pop()
     return source if source and source_kind(source) != "human" else None
 
 
+def training_tie_margin(origin: Origin, source: str | None) -> float | None:
+    """The ``--tie-margin`` the training pairs were labelled with, when they were all labelled by
+    ``source`` with one margin (a margin is in the units of its judge's score, so it carries over only to
+    the same judge); None otherwise."""
+    metas = training_labels(origin)
+    if not metas or source is None or any(m.get("source") != source for m in metas):
+        return None
+    margins = {m.get("tie_margin") for m in metas}
+    margin = margins.pop() if len(margins) == 1 else None
+    return float(margin) if isinstance(margin, (int, float)) else None
+
+
 def fill_defaults(cfg: EvalConfig, origin: Origin) -> tuple[EvalConfig, list[str]]:
-    """--source defaults to the judge that labelled the training pairs; prompts default to the held-out
+    """--source defaults to the judge that labelled the training pairs, and --tie-margin to the margin
+    those pairs were labelled with (for that same judge; else 0); prompts default to the held-out
     shapes captions (``--prompts shapes-heldout``) when the training prompts are all shapes captions
     (the built-in tiny-shapes model's world). Each default taken is returned as a note."""
     notes = []
@@ -218,6 +243,11 @@ def fill_defaults(cfg: EvalConfig, origin: Origin) -> tuple[EvalConfig, list[str
         if source:
             cfg = dataclasses.replace(cfg, source=source)
             notes.append(f"--source {source}: the judge that labelled the training pairs")
+    if cfg.tie_margin is None:
+        margin = training_tie_margin(origin, cfg.source)
+        cfg = dataclasses.replace(cfg, tie_margin=margin or 0.0)
+        if margin:
+            notes.append(f"--tie-margin {margin:g}: the margin the training pairs were labelled with")
     if not cfg.prompt and not cfg.prompts and origin.manifest is not None:
         from prefkit.shapes import parse_caption
 
@@ -637,11 +667,14 @@ def print_summary(report: dict[str, Any]) -> None:
     table = Table(title=escape(f"{report['lora']} vs its base model, judged by {report['judge']['source']}"))
     table.add_column("")
     table.add_column("value (95 % interval)", overflow="fold")
-    wr = s["win_rate"]
-    table.add_row(
-        "win rate (tuned)",
-        "-" if wr["value"] is None else f"{wr['value']:.3f}  [{wr['low']:.3f}, {wr['high']:.3f}]",
-    )
+    for label, wr in (
+        ("win rate (tuned)", s["win_rate"]),
+        ("wins / (wins + losses)", s["win_rate"]["decisive"]),
+    ):
+        text = "-" if wr["value"] is None else f"{wr['value']:.3f}"
+        if wr["low"] is not None:
+            text += f"  [{wr['low']:.3f}, {wr['high']:.3f}]"
+        table.add_row(label, text)
     table.add_row(
         "wins / ties / losses",
         f"{s['wins']} / {s['ties']} / {s['losses']}"

@@ -44,13 +44,32 @@ def test_wilson_interval_hand_worked():
     # 10 of 10: p = 1, centre + half = (1 + z^2/20 + z * sqrt(z^2/400)) / (1 + z^2/10) = 1 exactly;
     #   low = (1 + 0.192073 - 0.192073) / 1.384146 = 0.722467
     assert wilson_interval(10, 10) == pytest.approx((0.722467, 1.0), abs=2e-6)
-    # ties count half: 5 wins, 2 ties, 3 losses is 6 of 10
-    assert win_rate(5, 2, 3) == pytest.approx({"value": 0.6, "low": 0.312673, "high": 0.831819}, abs=2e-6)
-    # all ties (a LoRA that changes nothing): 0.5, and the interval is symmetric around it
-    wr = win_rate(0, 64, 0)
-    assert wr["value"] == 0.5 and wr["low"] < 0.5 < wr["high"]
-    assert wr["low"] + wr["high"] == pytest.approx(1.0)
-    assert win_rate(0, 0, 0) == {"value": None, "low": None, "high": None}
+    # 5 wins, 2 ties, 3 losses: the value counts ties half, (5 + 1) / 10 = 0.6; the interval is the sign
+    # test's, 5 of the 8 decisive pairs: z^2/n = 0.480182, centre = (0.625 + 0.240091) / 1.480182 = 0.584449,
+    #   half = 1.959964 / 1.480182 * sqrt(0.029297 + 0.015006) = 1.324141 * 0.210482 = 0.278707
+    #   -> q in [0.305742, 0.863156]; on the win rate's scale (8 of 10 decisive):
+    #   0.5 + 0.8 (0.305742 - 0.5) = 0.344594, 0.5 + 0.8 (0.863156 - 0.5) = 0.790525
+    wr = win_rate(5, 2, 3)
+    assert wr["value"] == pytest.approx(0.6)
+    assert (wr["low"], wr["high"]) == pytest.approx((0.344594, 0.790525), abs=2e-6)
+    assert wr["decisive"] == pytest.approx({"value": 0.625, "low": 0.305742, "high": 0.863156}, abs=2e-6)
+    # many ties do not hide a consistent winner: 13 wins, 113 ties, 2 losses (13 of 15 decisive,
+    # Wilson [0.621180, 0.962639]) -> 0.5 + 15/128 (q - 0.5) = [0.514201, 0.554215], excluding 0.5,
+    # where counting each tie as half a binomial trial, Wilson(69.5, 128), would not: [0.456676, 0.626758]
+    wr = win_rate(13, 113, 2)
+    assert (wr["low"], wr["high"]) == pytest.approx((0.514201, 0.554215), abs=2e-6)
+    assert wilson_interval(69.5, 128) == pytest.approx((0.456676, 0.626758), abs=2e-6)
+    # the interval excludes 0.5 exactly when the sign test's Wilson interval does, whatever the ties
+    for w, t, lo in [(9, 0, 3), (9, 50, 3), (9, 500, 3), (10, 0, 2), (10, 500, 2), (30, 7, 15)]:
+        wr = win_rate(w, t, lo)
+        assert (wr["low"] > 0.5) == (wr["decisive"]["low"] > 0.5), (w, t, lo)
+        assert wr["low"] <= wr["value"] <= wr["high"], (w, t, lo)
+    # all ties (a LoRA that changes nothing): 0.5, and no decisive pair to put an interval on
+    assert win_rate(0, 64, 0) == {"value": 0.5, "low": None, "high": None, "decisive": NONE}
+    assert win_rate(0, 0, 0) == {**NONE, "decisive": NONE}
+
+
+NONE = {"value": None, "low": None, "high": None}
 
 
 def test_mean_interval_and_t_quantile_hand_worked():
@@ -239,7 +258,7 @@ def test_untrained_lora_no_drift_all_ties(zero_lora, tiny_models, cli, tmp_path)
     report = json.loads((out / "report.json").read_text())
     s = report["summary"]
     assert (s["pairs"], s["ties"], s["wins"], s["losses"]) == (6, 6, 0, 0)
-    assert s["win_rate"]["value"] == 0.5 and s["win_rate"]["low"] < 0.5 < s["win_rate"]["high"]
+    assert s["win_rate"] == {"value": 0.5, "low": None, "high": None, "decisive": NONE}
     for key in ("latent_rms", "pixel_mad", "kl_per_step"):
         assert s["drift"][key]["max"] == 0.0 and s["drift"][key]["min"] == 0.0, key
     assert s["scores"]["difference"]["mean"] == 0.0

@@ -91,9 +91,8 @@ class BuildSettings:
     shift: float = 1.0
     eval_samples: int = 96
     threads: int = 0  # 0: torch's default
-    pooled: int = (
-        0  # 0: the CLIP projections are zero, so the pooled text embedding is the same for every caption
-    )
+    # 0: the CLIP projections are zero, so the pooled text embedding is the same for every caption
+    pooled: int = 0
     family: str = "sd3"  # sd3 (flow matching, SD3Transformer2DModel) or sd15 (DDIM, UNet)
 
 
