@@ -381,3 +381,32 @@ def test_settings_precedence(tmp_path):
     origin.train = {"objective": "diffusion-dpo", "resolution": 32, "model": "tiny-sd3"}
     values, origins, _ = resolve_settings(EvalConfig(), origin)
     assert (values["height"], values["width"], origins["height"]) == (32, 32, "training run")
+
+
+def test_tie_margin_defaults_to_the_training_labels(tmp_path):
+    """Without --tie-margin, eval takes the margin the training pairs were labelled with, for that judge
+    only (a margin is in its score's units); a flag wins; several margins or another judge give 0."""
+    from prefkit.config import EvalConfig
+    from prefkit.evaluate import Origin, fill_defaults
+
+    labels = tmp_path / "labels"
+    labels.mkdir()
+
+    def meta(name, source, margin):
+        (labels / f"{name}.meta.json").write_text(json.dumps({"source": source, "tie_margin": margin}))
+
+    meta("a", "shapes", 0.01)
+    origin = Origin(lora=tmp_path / "lora", run=tmp_path, train={"labels": "a"}, folder=tmp_path)
+    manifest_free = {"prompt": ["x"]}  # a prompt given: no prompts default
+    cfg, notes = fill_defaults(EvalConfig(lora="lora", **manifest_free), origin)
+    assert (cfg.source, cfg.tie_margin) == ("shapes", 0.01)
+    assert any("--tie-margin 0.01" in n for n in notes) and any("--source shapes" in n for n in notes)
+    cfg, _ = fill_defaults(EvalConfig(lora="lora", tie_margin=0.3, **manifest_free), origin)
+    assert cfg.tie_margin == 0.3  # the flag wins
+    cfg, notes = fill_defaults(EvalConfig(lora="lora", source="jpeg", **manifest_free), origin)
+    assert cfg.tie_margin == 0.0 and not any("tie-margin" in n for n in notes)  # another judge's units
+    meta("b", "shapes", 0.05)
+    origin.train = {"labels": "a,b"}
+    cfg, _ = fill_defaults(EvalConfig(lora="lora", **manifest_free), origin)
+    assert (cfg.source, cfg.tie_margin) == ("shapes", 0.0)  # two margins: none is the training margin
+    assert fill_defaults(EvalConfig(lora="lora", **manifest_free), Origin(lora=tmp_path))[0].tie_margin == 0.0
