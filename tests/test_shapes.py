@@ -154,8 +154,9 @@ def test_build_script_makes_a_loadable_model_and_a_report(tmp_path, family):
 
 def test_committed_model_is_the_script_default_and_draws_the_asked_colours():
     """data/models/tiny-shapes is what `python -m prefkit.models.shapes_model` builds with its defaults
-    (its build_report.json says so), and re-measured with fresh seeds it draws the requested colour on the
-    requested background. Its shape rate is recorded, not asserted: see the README (it is at chance)."""
+    (its build_report.json says so), and re-measured with fresh seeds on held-out colour-shape combinations
+    it draws the requested colour and shape in at least 80 % of samples (the issue's bar; README: 0.92 at
+    build time, 0.91 with these seeds)."""
     import dataclasses
     import json
     from pathlib import Path
@@ -170,5 +171,5 @@ def test_committed_model_is_the_script_default_and_draws_the_asked_colours():
     assert {k: v for k, v in built.items() if k != "threads"} == {
         k: v for k, v in defaults.items() if k != "threads"
     }
-    got = evaluate(folder, 32, seed=4242, held_out=True)
-    assert got["colour"] >= 0.75 and got["background"] >= 0.75, got
+    got = evaluate(folder, 96, seed=4243, held_out=True)
+    assert got["colour_and_shape"] >= 0.8 and got["background"] >= 0.9, got
