@@ -1,13 +1,15 @@
 """The README's loop on the built-in model, through the real CLI: generate on tiny-shapes without
-classifier-free guidance -> label with the shapes judge -> train (dense) -> eval on the held-out captions
-with eval's defaults (the training judge, its tie margin, the held-out captions, the training run's
-sampler settings).
+classifier-free guidance -> label with the shapes judge -> train (d3po with DPOK's KL) -> eval on the
+held-out captions with eval's defaults (the training judge, the held-out captions, the training run's
+sampler settings) plus 16 seeds and a tie margin of 0.02.
 
 It asserts that the stages chain and that the tuned model beats the base on captions it never saw: a win
-rate above 0.5 whose 95 % interval (the sign test's, prefkit.stats) excludes 0.5. Without guidance
-tiny-shapes gets a colour or shape wrong in about one held-out sample in five (README); preference
-training on 16 training captions fixes some of those and breaks few. The settings are the README's
-quickstart with the same data size; only the d3po run is left to the README (it takes minutes)."""
+rate above 0.5 whose 95 % interval (the sign test's, prefkit.stats) excludes 0.5. This is the README's
+run on generate's default seed: deterministic on this CPU (1 and 2 threads gave the same counts), and
+measured at 20 wins / 3 losses of 256. It is one draw of the training data, not a law: on four data
+seeds the README's recipe won significantly on three and tied on one, and without the KL term it also
+lost on one (README, "How reliable is it"). If this fails after a library upgrade with unchanged code,
+re-measure across seeds before concluding that training broke."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import pytest
 from prefkit.schemas import validate
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the README's figures were measured on one thread
-D3PO = ["--batch-size", 8, "--timestep-fraction", 0.5, "-q"]  # the README's d3po run
+D3PO = ["--batch-size", 8, "--timestep-fraction", 0.5, "--kl-coef", 0.1, "-q"]  # the README's d3po run
 
 
 def test_generate_label_train_eval_on_the_builtin_model(cli, tmp_path, monkeypatch):
@@ -31,7 +33,7 @@ def test_generate_label_train_eval_on_the_builtin_model(cli, tmp_path, monkeypat
 
     ok(["generate", "--out", "data", "--prompts", "shapes", "--samples-per-prompt", 8, "--guidance", 1, "-q"])
     ok(["label", "data", "--source", "shapes", "--tie-margin", 0.01, "--quiet"])
-    ok(["train", "data", "--out", "run", "--objective", "d3po", "--max-steps", 60, "--lr", "1e-3"] + D3PO)
+    ok(["train", "data", "--out", "run", "--objective", "d3po", "--max-steps", 120, "--lr", "1e-3"] + D3PO)
     ok(["eval", "--lora", "run/lora", "--samples", 16, "--tie-margin", 0.02, "--no-kl", "--quiet"])
 
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
