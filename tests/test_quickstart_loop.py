@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from prefkit.schemas import validate
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # the README's figures were measured on one thread
 D3PO = ["--batch-size", 8, "--timestep-fraction", 0.5, "--kl-coef", 0.1, "-q"]  # the README's d3po run
 
 
