@@ -207,12 +207,12 @@ def training_labels(origin: Origin) -> list[dict[str, Any]] | None:
     return metas
 
 
-def training_source(origin: Origin) -> str | None:
-    """The judge that labelled the LoRA's training pairs (the label sets' ``source``), when it is one
-    judge that eval can run again; None otherwise (human labels, several judges, no run found)."""
+def training_source(metas: list[dict[str, Any]] | None) -> str | None:
+    """The judge that labelled the LoRA's training pairs (the ``source`` of their label sets' ``metas``,
+    from :func:`training_labels`), when it is one judge that eval can run again; None otherwise (human
+    labels, several judges, no run found)."""
     from prefkit.label import source_kind
 
-    metas = training_labels(origin)
     sources = {m.get("source") for m in metas} if metas else set()
     if len(sources) != 1:
         return None
@@ -220,11 +220,10 @@ def training_source(origin: Origin) -> str | None:
     return source if source and source_kind(source) != "human" else None
 
 
-def training_tie_margin(origin: Origin, source: str | None) -> float | None:
-    """The ``--tie-margin`` the training pairs were labelled with, when they were all labelled by
-    ``source`` with one margin (a margin is in the units of its judge's score, so it carries over only to
-    the same judge); None otherwise."""
-    metas = training_labels(origin)
+def training_tie_margin(metas: list[dict[str, Any]] | None, source: str | None) -> float | None:
+    """The ``--tie-margin`` the training pairs were labelled with (label-set ``metas`` as for
+    :func:`training_source`), when they were all labelled by ``source`` with one margin (a margin is in
+    the units of its judge's score, so it carries over only to the same judge); None otherwise."""
     if not metas or source is None or any(m.get("source") != source for m in metas):
         return None
     margins = {m.get("tie_margin") for m in metas}
@@ -238,13 +237,14 @@ def fill_defaults(cfg: EvalConfig, origin: Origin) -> tuple[EvalConfig, list[str
     shapes captions (``--prompts shapes-heldout``) when the training prompts are all shapes captions
     (the built-in tiny-shapes model's world). Each default taken is returned as a note."""
     notes = []
+    metas = training_labels(origin)
     if not cfg.source:
-        source = training_source(origin)
+        source = training_source(metas)
         if source:
             cfg = dataclasses.replace(cfg, source=source)
             notes.append(f"--source {source}: the judge that labelled the training pairs")
     if cfg.tie_margin is None:
-        margin = training_tie_margin(origin, cfg.source)
+        margin = training_tie_margin(metas, cfg.source)
         cfg = dataclasses.replace(cfg, tie_margin=margin or 0.0)
         if margin:
             notes.append(f"--tie-margin {margin:g}: the margin the training pairs were labelled with")

@@ -20,6 +20,8 @@ from PIL import Image
 from prefkit.schemas import validate
 from prefkit.stats import mean_interval, t_quantile_975, wilson_interval, win_rate
 
+NONE = {"value": None, "low": None, "high": None}  # a win rate without comparisons (or decisive pairs)
+
 SCORER = "python:prefkit_test_scorers:brightness"
 SIZE, STEPS, NOISE, GUIDANCE = 16, 4, 0.7, 1.0
 TRAIN_PROMPTS = [f"a photo of a {w}" for w in "cat dog horse monkey rabbit zebra spider bird".split()]
@@ -67,9 +69,6 @@ def test_wilson_interval_hand_worked():
     # all ties (a LoRA that changes nothing): 0.5, and no decisive pair to put an interval on
     assert win_rate(0, 64, 0) == {"value": 0.5, "low": None, "high": None, "decisive": NONE}
     assert win_rate(0, 0, 0) == {**NONE, "decisive": NONE}
-
-
-NONE = {"value": None, "low": None, "high": None}
 
 
 def test_mean_interval_and_t_quantile_hand_worked():
