@@ -101,11 +101,44 @@ def load_pipeline(
         pipe = DiffusionPipeline.from_pretrained(path, revision=revision, dtype=dtype, **skip)
     except Exception as exc:  # noqa: BLE001 - any loading failure is reported the same way
         raise PrefkitError(f"--model {model!r}: could not load the pipeline: {exc}") from exc
+    own_cpu_weights(pipe)
     if lora is not None:
         load_lora(pipe, lora)
+    device = torch.device(device)
+    if device.type == "cpu":
+        device = torch.device("cpu")  # accelerate's multi-process CPU state says "cpu:0": the same memory
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def own_cpu_weights(pipe) -> int:
+    """Give every CPU weight of the pipeline's models its own allocation; returns how many were copied.
+
+    ``from_pretrained`` leaves CPU weights as views into the memory-mapped safetensors file, at offsets
+    that are only 8-byte aligned, while any copy (``.to("cpu:0")`` in a multi-process run, a dtype
+    change, a GPU) lands in torch's allocator, which aligns to 64 bytes. MKL / oneDNN kernels take
+    another path for unaligned operands on some CPUs (AVX-512 on AMD EPYC: a Linear's output changed in
+    the last bit), so the same model computed differently depending on how it reached memory. With this
+    copy every process, thread count and launch computes with the same layout; docs: README "Determinism".
+    """
+    import torch.nn as nn
+
+    copied = 0
+    for component in pipe.components.values():
+        if not isinstance(component, nn.Module):
+            continue
+        for module in component.modules():
+            for table in (module._parameters, module._buffers):
+                for t in table.values():
+                    if t is None or t.device.type != "cpu":
+                        continue
+                    if t.untyped_storage().nbytes() == t.nbytes and t.data_ptr() % 64 == 0:
+                        continue  # already its own aligned allocation
+                    # in place (.data): a weight shared by two modules (tied embeddings) stays shared
+                    t.data = t.detach().clone(memory_format=torch.contiguous_format)
+                    copied += 1
+    return copied
 
 
 def load_lora(pipe, lora: str | Path) -> None:
