@@ -310,13 +310,20 @@ def train(
     values["out"] = str(out) if out is not None else None
     cfg, last = _run_stage(ctx, TrainConfig, config, values, "prefkit.train", "run_train")
     if not cfg.quiet and _is_main_process():
+        # the mean over the last steps, not the last micro-batch's numbers (a few pairs swing widely)
+        recent = last.get("recent") or last
         shown = (
-            f"accuracy {last['accuracy']:.2f}"
-            if "accuracy" in last
-            else f"clipfrac {last['clipfrac']:.2f}, approx_kl {last['approx_kl']:.2e}"
+            f"accuracy {recent['accuracy']:.2f}"
+            if "accuracy" in recent
+            else f"clipfrac {recent['clipfrac']:.2f}, approx_kl {recent['approx_kl']:.2e}"
+        )
+        window = (
+            f"mean of steps {recent['first_step']}-{recent['last_step']}"
+            if "first_step" in recent
+            else f"step {last['step']}"
         )
         typer.echo(
-            f"trained {last['step']} steps: loss {last['loss']:.4f}, {shown}; "
+            f"trained {last['step']} steps; {window}: loss {recent['loss']:.4f}, {shown}; "
             + (f"{last['ties_skipped']} ties dropped; " if "ties_skipped" in last else "")
             + f"LoRA in {Path(cfg.out) / 'lora'} (pipe.load_lora_weights), metrics in {Path(cfg.out) / 'metrics.jsonl'}"
         )

@@ -535,6 +535,16 @@ class FluxFamily(FlowFamily):
     def denoiser(self):
         return self.pipe.transformer
 
+    def _guided(self, call, x_in, cond, guidance):
+        """True CFG in FluxPipeline's layout: the conditional and the unconditional pass as two calls
+        of B (not one of 2B as for SD3), so that prefkit's FLUX samples are the stock pipeline's to the
+        last bit: a batch of 2B may round differently from two of B (batch-dependent CPU kernels)."""
+        if not cond.guided:
+            return super()._guided(call, x_in, cond, guidance)
+        text = call(x_in, cond.prompt_embeds, cond.pooled).float()
+        uncond = call(x_in, cond.negative_prompt_embeds, cond.negative_pooled).float()
+        return uncond + guidance * (text - uncond)
+
     @property
     def embedded_guidance(self) -> bool:
         return bool(self.pipe.transformer.config.guidance_embeds)

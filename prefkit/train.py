@@ -511,8 +511,8 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         summary["reference"] = cfg.reference
     if cfg.init_lora:
         summary["init_lora"] = str(Path(cfg.init_lora).expanduser().resolve())
-    finish_run(run, {"final": last, **summary})
-    return last
+    recent = finish_run(run, {"final": last, **summary})
+    return {**last, "recent": recent}
 
 
 # -- the machinery shared by every objective ---------------------------------------------------------
@@ -699,21 +699,49 @@ def train_loop(run: Run, pairs: list, step, unit: str = "pairs") -> dict[str, An
     return last
 
 
+SUMMARY_WINDOW = 20  # the final summary averages the metrics of this many last steps
+
+
+def recent_means(metrics_path: Path, window: int) -> dict[str, Any]:
+    """The mean of each metric over the last ``window`` steps of metrics.jsonl (steps before a resume
+    included): {"steps": n, "first_step", "last_step", metric: mean}. One micro-batch's loss and accuracy
+    (a few pairs) swing from step to step; this is what a run's end summary reports."""
+    records = []
+    for line in metrics_path.read_text().splitlines()[-window:]:
+        with contextlib.suppress(ValueError):
+            records.append(json.loads(line))
+    skip = {"step", "epoch", "lr"}
+    means: dict[str, Any] = {
+        "steps": len(records),
+        "first_step": records[0]["step"] if records else None,
+        "last_step": records[-1]["step"] if records else None,
+    }
+    for key in records[-1] if records else ():
+        values = [r.get(key) for r in records]
+        if key not in skip and all(isinstance(v, (int, float)) for v in values):
+            means[key] = sum(values) / len(values)
+    return means
+
+
 def save_run_checkpoint(run: Run) -> Path:
     return save_checkpoint(
         run.out, run.state, run.pipe, run.denoiser, run.optimizer, run.lr_sched, run.accelerator, run.extras
     )
 
 
-def finish_run(run: Run, summary: dict) -> None:
-    """The final checkpoint, the LoRA in diffusers format, summary.json; trackers closed."""
+def finish_run(run: Run, summary: dict) -> dict[str, Any] | None:
+    """The final checkpoint, the LoRA in diffusers format, summary.json with the mean metrics of the last
+    steps (returned, on the main process); trackers closed."""
     save_run_checkpoint(run)
+    recent = None
     if run.accelerator.is_main_process:
+        recent = summary["recent"] = recent_means(run.out / "metrics.jsonl", SUMMARY_WINDOW)
         save_lora(run.pipe, run.denoiser, run.out / "lora")
         atomic_write_bytes(run.out / "summary.json", json.dumps(summary, indent=2).encode())
     run.accelerator.wait_for_everyone()
     if run.cfg.log_with:
         run.accelerator.end_training()
+    return recent
 
 
 def check_finite(loss: torch.Tensor, accelerator) -> None:

@@ -277,7 +277,7 @@ def run_image_train(cfg: TrainConfig) -> dict[str, Any]:
         }
 
     last = train_loop(run, pairs, step)
-    finish_run(
+    recent = finish_run(
         run,
         {
             "final": last,
@@ -290,4 +290,4 @@ def run_image_train(cfg: TrainConfig) -> dict[str, Any]:
             "resolution": size,
         },
     )
-    return {**last, **label_info}
+    return {**last, **label_info, "recent": recent}

@@ -19,6 +19,8 @@ def _settings(**kw) -> SamplerSettings:
 
 
 def test_ddim_eta0_equals_stock_stable_diffusion_pipeline(tiny_models):
+    """Bit equality holds by construction: both run the UNet on the batch [uncond, cond] and the same
+    elementwise DDIM arithmetic (correctly rounded on every CPU)."""
     pipe = load_pipeline(tiny_models["ddim"])
     fam = family_of(pipe)
     st = _settings(chain_dtype=None, record_logprob=False)
@@ -34,7 +36,9 @@ def test_ddim_eta0_equals_stock_stable_diffusion_pipeline(tiny_models):
         output_type="latent",
     ).images
     assert_close(traj.latents[:, -1], ref, atol=0, rtol=0)
-    # the same with the prompts given as text: the pipeline encodes the batch itself (float rounding only)
+    # the same with the prompts given as text: the stock pipeline encodes the 2 prompts as one batch, prefkit
+    # one at a time, so the text encoder's batched float32 kernels round differently (~1e-7 relative per op
+    # over a few layers and 5 steps: 1e-5 is ~100 float32 ulps of |x| ~ 1, far below any formula error)
     ref_text = pipe(
         PROMPTS,
         negative_prompt=[st.negative_prompt] * 2,
@@ -48,6 +52,8 @@ def test_ddim_eta0_equals_stock_stable_diffusion_pipeline(tiny_models):
 
 
 def test_flow_sde_noise0_equals_stock_sd3_pipeline(tiny_models):
+    """Bit equality by construction: the transformer on [uncond, cond] in one batch, as the stock
+    pipeline runs it, and the Euler step x + v dt as the same elementwise ops."""
     pipe = load_pipeline(tiny_models["sd3"])
     fam = family_of(pipe)
     st = _settings(chain_dtype=None, record_logprob=False)
@@ -67,6 +73,9 @@ def test_flow_sde_noise0_equals_stock_sd3_pipeline(tiny_models):
 
 
 def test_flow_sde_noise0_equals_stock_flux_pipeline(tiny_models):
+    """Bit equality by construction: FluxPipeline's true CFG runs the conditional and unconditional passes
+    as two calls of B, and so does prefkit's FLUX family (one call of 2B rounded differently on AMD EPYC:
+    7,260 of 8,192 elements off by up to 1.8e-6)."""
     pipe = load_pipeline(tiny_models["flux"])
     fam = family_of(pipe)
     st = _settings(chain_dtype=None, record_logprob=False)
@@ -136,6 +145,8 @@ def test_stored_logprob_equals_recomputed_with_gradients(tiny_models, family, tm
         for k in range(st.steps):
             lp = transition_logprob(fam, chain[:, k], chain[:, k + 1], k, schedule, cond, st)
             assert lp.requires_grad
+            # generated in a batch of 4, recomputed alone: batch-dependent float32 kernels may round the
+            # denoiser's output differently; 1e-6 is a few float32 ulps of |lp| ~ 2 (a formula error is >1e-3)
             assert_close(lp.detach(), torch.from_numpy(s["logprobs"][k : k + 1]), atol=1e-6, rtol=0)
     # the gradient reaches the denoiser's weights
     lp.sum().backward()
@@ -173,7 +184,9 @@ def test_one_generator_per_image_and_same_noise(tiny_models):
     st = _settings(noise=0.7, steps=3)
     both = sample(fam, PROMPTS, [7, 8], st)
     alone = sample(fam, PROMPTS[1:], [8], st)
-    # sample 1 does not depend on sample 0's presence beyond float rounding of batched kernels
+    # sample 1 does not depend on sample 0's presence beyond float rounding of batched kernels: at most a
+    # flip of one float16 ulp of the stored chain (2^-9 ~ 1.95e-3 for |x| in [2, 4)); lp, a mean over all
+    # latent elements, moves by a small fraction of that
     assert_close(alone.latents[0], both.latents[1], atol=2e-3, rtol=0)
     assert_close(alone.logprobs[0], both.logprobs[1], atol=1e-3, rtol=0)
     # shared initial noise: x_T equal, trajectories still diverge through the per-step noise

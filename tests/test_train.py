@@ -819,7 +819,7 @@ def test_progress_display_without_quiet(cli, sd3_data, tiny_models, tmp_path, co
     """The commands as a person runs them: with the live display on (no --quiet)."""
     if command == "train":
         args = ["train", sd3_data, "--out", tmp_path / "o", "--max-steps", "2", "--batch-size", "1"]
-        expect = "trained 2 steps"
+        expect = "trained 2 steps; mean of steps 1-2: loss "
     elif command == "generate":
         args = [
             "generate",

@@ -17,7 +17,15 @@ def _validate_run(out: Path) -> None:
     assert lines
     for i, line in enumerate(lines):
         validate(json.loads(line), "metrics", f"{out}/metrics.jsonl line {i + 1}")
-    validate(json.loads((out / "summary.json").read_text()), "train_summary", str(out / "summary.json"))
+    summary = json.loads((out / "summary.json").read_text())
+    validate(summary, "train_summary", str(out / "summary.json"))
+    # the end summary is the mean over the last steps (all of them here), not the last micro-batch
+    records = [json.loads(line) for line in lines]
+    recent = summary["recent"]
+    assert (recent["steps"], recent["first_step"], recent["last_step"]) == (len(records), 1, len(records))
+    for key in ("loss", "accuracy", "clipfrac"):
+        if key in records[0]:
+            assert recent[key] == pytest.approx(sum(r[key] for r in records) / len(records), rel=1e-12)
     states = sorted(out.glob("checkpoint-*/trainer_state.json"))
     assert states
     for path in states:
