@@ -428,6 +428,7 @@ def annotate_loop(server: Server, annotator: str, quota: int | None, acked: list
         conn.close()
 
 
+@pytest.mark.slow
 def test_load_and_sigkill(load_dataset, tmp_path):
     ds = tmp_path / "ds"
     shutil.copytree(load_dataset, ds)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import statistics
 
+import pytest
 
+
+@pytest.mark.slow
 def test_bench_reports_every_figure(cli, tiny_models, tmp_path):
     out = tmp_path / "bench.json"
     res = cli(

@@ -144,6 +144,7 @@ def bright_run(tiny_models, tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_eval_of_a_learned_lora(bright_run, tiny_models, cli, tmp_path):
     """Settings come from the training run; the brighter-trained LoRA wins, its interval above 0.5."""
     from prefkit.shards import iter_samples

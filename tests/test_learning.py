@@ -84,6 +84,7 @@ def _invoke(args: list) -> None:
     assert res.exit_code == 0, res.output
 
 
+@pytest.mark.slow
 def test_preference_rule_is_learned(tiny_models, scorer_module, tmp_path):
     from prefkit.pipeline import family_of, load_pipeline
     from prefkit.sampling import SamplerSettings, sample

@@ -48,6 +48,7 @@ def scorer_module():
     return "prefkit_test_scorers"  # tests/prefkit_test_scorers.py, shared with test_eval
 
 
+@pytest.mark.slow
 def test_two_rounds_of_ddpo_raise_the_score(tiny_models, scorer_module, tmp_path):
     from prefkit.pipeline import family_of, load_pipeline
     from prefkit.sampling import SamplerSettings, sample

@@ -129,6 +129,7 @@ def test_builtin_prompt_lists_follow_the_split():
     assert {(c.colour, c.shape) for c in held} == set(shapes.HELD_OUT)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["sd3", "sd15"])
 def test_build_script_makes_a_loadable_model_and_a_report(tmp_path, family):
     """The tiny-shapes build script end to end on a minute budget (a few steps of each phase): a plain
@@ -152,6 +153,7 @@ def test_build_script_makes_a_loadable_model_and_a_report(tmp_path, family):
     assert not [p for p in tmp_path.iterdir() if p.name != "model"]  # no temporary folder left
 
 
+@pytest.mark.slow
 def test_committed_model_is_the_script_default_and_draws_the_asked_colours():
     """data/models/tiny-shapes is what `python -m prefkit.models.shapes_model` builds with its defaults
     (its build_report.json says so), and re-measured with fresh seeds on held-out colour-shape combinations
