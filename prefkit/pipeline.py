@@ -101,9 +101,9 @@ def load_pipeline(
         pipe = DiffusionPipeline.from_pretrained(path, revision=revision, dtype=dtype, **skip)
     except Exception as exc:  # noqa: BLE001 - any loading failure is reported the same way
         raise PrefkitError(f"--model {model!r}: could not load the pipeline: {exc}") from exc
-    own_cpu_weights(pipe)
     if lora is not None:
         load_lora(pipe, lora)
+    own_cpu_weights(pipe)  # the LoRA's tensors too: they come from a memory-mapped file as well
     device = torch.device(device)
     if device.type == "cpu":
         device = torch.device("cpu")  # accelerate's multi-process CPU state says "cpu:0": the same memory
