@@ -150,7 +150,7 @@ def test_store_refuses_foreign_database(tmp_path):
 
 
 def first_pair(server: Server, annotator: str = "ann") -> dict:
-    return server.json("GET", f"/api/next?annotator={annotator}")["pair"]
+    return server.next(annotator)["pair"]
 
 
 def test_only_the_datasets_images_are_served(dataset):
@@ -226,10 +226,11 @@ def test_votes_are_validated_and_idempotent(dataset):
             assert json.loads(data)["error"], data
         status, _, _ = server.request("GET", "/api/vote")
         assert status == 405
-        status, _, data = server.request("GET", "/api/next")
+        status, _, data = server.request("POST", "/api/next", {"exclude": []})
         assert status == 400 and b"annotator" in data
-        status, _, _ = server.request("GET", "/api/next?annotator=a&exclude=..%2Fx")
-        assert status == 400
+        for exclude in (["../x"], "a__b", [1], ["a__b"] * 17):
+            status, _, _ = server.request("POST", "/api/next", {"annotator": "ann", "exclude": exclude})
+            assert status == 400, exclude
         assert db_rows(dataset) == []  # nothing was stored
 
         ack = server.json("POST", "/api/vote", good)
@@ -239,6 +240,7 @@ def test_votes_are_validated_and_idempotent(dataset):
         server.json("POST", "/api/vote", {**good, "choice": "right"}, expect=409)  # same id, other content
         server.json("POST", "/api/vote", {**good, "vote_id": vid()}, expect=409)  # the pair again
         server.json("POST", "/api/undo", {"annotator": "ann", "vote_id": vid()}, expect=404)
+        server.claim("other")  # another annotator, with their own secret: not their decision
         server.json("POST", "/api/undo", {"annotator": "other", "vote_id": good["vote_id"]}, expect=404)
         rows = db_rows(dataset)
         assert len(rows) == 1 and rows[0]["vote_id"] == good["vote_id"]
@@ -266,7 +268,7 @@ def test_sides_map_back_to_canonical_order_and_undo(dataset):
         ] == expected
         assert all(r["annotator"] == "mapper" and r["undone_at"] is None for r in rows)
         # undo the last (the skip): the row is kept, marked undone, and the pair is shown again
-        nxt = server.json("GET", "/api/next?annotator=mapper")
+        nxt = server.next("mapper")
         assert nxt["last_vote_id"] == expected[-1][0]
         res = server.json("POST", "/api/undo", {"annotator": "mapper", "vote_id": expected[-1][0]})
         assert res["pair"]["pair_id"] == f"{expected[-1][1]}__{expected[-1][2]}"
@@ -290,12 +292,17 @@ def test_token_required_beyond_loopback(dataset):
         token = server.token
         assert token and len(token) >= 24  # generated and printed
         key = first_pair(server)["left"]
-        paths = ["/", "/static/annotate.js", f"/image/{key}", "/api/next?annotator=x", "/api/status"]
+        paths = ["/", "/static/annotate.js", f"/image/{key}", "/api/status"]
+        bearer = {"Authorization": "Bearer " + "x" * len(token)}
         for path in paths:
             assert server.request("GET", path, token=False)[0] == 401, path
-            bearer = {"Authorization": "Bearer " + "x" * len(token)}
             assert server.request("GET", path, headers=bearer)[0] == 403, path
             assert server.request("GET", path)[0] == 200, path
+        ask = {"annotator": "ann", "exclude": []}
+        assert server.request("POST", "/api/next", ask, token=False)[0] == 401
+        assert server.request("POST", "/api/next", ask, headers=bearer)[0] == 403
+        assert server.request("POST", "/api/next", ask)[0] == 200
+        assert server.request("POST", "/api/claim", {"annotator": "x"}, token=False)[0] == 401
         body = {"vote_id": vid(), "annotator": "x", "left": key, "right": key, "choice": "tie", "time_ms": 1}
         assert server.request("POST", "/api/vote", body=body, token=False)[0] == 401
         assert server.request("GET", f"/api/status?token={'y' * len(token)}", token=False)[0] == 403
@@ -395,10 +402,20 @@ def annotate_loop(server: Server, annotator: str, quota: int | None, acked: list
     conn = server.connection()
     n = 0
     try:
+        conn.request(
+            "POST", "/api/claim", json.dumps({"annotator": annotator}), {"Content-Type": "application/json"}
+        )
+        res = conn.getresponse()
+        data = res.read()
+        if res.status != 200:
+            errors.append(f"{annotator}: claim {res.status} {data[:200]}")
+            return
+        headers = {"Content-Type": "application/json", "X-Prefkit-Secret": json.loads(data)["secret"]}
+        ask = json.dumps({"annotator": annotator, "exclude": []})
         while quota is None or n < quota:
             if stop is not None and stop.is_set():
                 return
-            conn.request("GET", f"/api/next?annotator={annotator}")
+            conn.request("POST", "/api/next", ask, headers)
             res = conn.getresponse()
             pair = json.loads(res.read())["pair"]
             if res.status != 200 or pair is None:
@@ -413,7 +430,7 @@ def annotate_loop(server: Server, annotator: str, quota: int | None, acked: list
                 "time_ms": rng.randrange(200, 5000),
             }
             for _ in range(2 if n % 10 == 0 else 1):
-                conn.request("POST", "/api/vote", json.dumps(body), {"Content-Type": "application/json"})
+                conn.request("POST", "/api/vote", json.dumps(body), headers)
                 res = conn.getresponse()
                 data = res.read()
                 if res.status != 200:
