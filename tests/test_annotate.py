@@ -16,9 +16,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from annotate_util import ROOT, Server, artifacts_dir, db_rows
+from annotate_util import ROOT, Server, artifacts_dir, db_rows, fill_disk, small_tmpfs
 
-from prefkit.annotate.store import Conflict, NotFound, VoteStore, canonical_choice
+from prefkit.annotate.store import Conflict, NotFound, StorageError, VoteStore, canonical_choice
 from prefkit.errors import PrefkitError
 from prefkit.labels import read_meta, read_pairs
 
@@ -389,6 +389,294 @@ def test_export_is_the_human_label_import(dataset, cli):
     res = cli(["annotate", str(dataset), "--export", "web"])
     assert res.exit_code == 2 and "exists" in res.stderr
     assert cli(["annotate", str(dataset), "--export", "web", "--overwrite", "-q"]).exit_code == 0
+
+
+# -- hostile clients (issue 16, item 7) ---------------------------------------------------------------
+
+
+def vote_all(server: Server, who: str, **kw) -> int:
+    """``who`` decides every pair the server hands them; the number decided."""
+    n = 0
+    while (pair := server.next(who, **kw)["pair"]) is not None:
+        body = {"vote_id": vid(), "annotator": who, "left": pair["left"], "right": pair["right"]}
+        server.json("POST", "/api/vote", {**body, "choice": "left", "time_ms": 10}, **kw)
+        n += 1
+    return n
+
+
+def annotator_rows(dataset: Path) -> list[tuple]:
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{dataset / 'annotations.sqlite'}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT name, secret_sha256 FROM annotators ORDER BY name").fetchall()
+    finally:
+        conn.close()
+
+
+def test_get_and_cross_origin_requests_change_nothing(dataset):
+    """The issue's probe: 61 GETs of /api/next with fresh names (plain and with Origin: evil.com) leased
+    every pair. Now a GET is 405 and leases nothing, and a POST from another origin is refused before its
+    body is read, even with a valid secret."""
+    with Server(dataset) as server:
+        evil = {"Origin": "http://evil.com"}
+        for i in range(61):
+            for headers in ({}, evil):
+                status, _, data = server.request("GET", f"/api/next?annotator=b{i}", headers=headers)
+                assert status == 405 and json.loads(data)["error"], data
+        for i in range(61):
+            status, _, data = server.request("POST", "/api/claim", {"annotator": f"c{i}"}, headers=evil)
+            assert status == 403 and b"cross-origin" in data, data
+        pair = server.next("alice")["pair"]  # alice's own page (no Origin, as curl; secret sent)
+        vote = {"vote_id": vid(), "annotator": "alice", "left": pair["left"], "right": pair["right"]}
+        vote.update(choice="left", time_ms=5)
+        cross = [
+            evil,
+            {"Origin": "null"},
+            {"Origin": f"http://127.0.0.1:{server.port + 1}"},  # another port is another origin
+            {"Origin": f"ftp://127.0.0.1:{server.port}"},
+            {"Sec-Fetch-Site": "cross-site"},
+            {"Sec-Fetch-Site": "same-site"},
+        ]
+        for headers in cross:  # alice's valid secret goes with each: the origin alone refuses them
+            for path, body in [
+                ("/api/next", {"annotator": "alice", "exclude": [pair["pair_id"]]}),
+                ("/api/vote", vote),
+                ("/api/claim", {"annotator": "c0"}),
+            ]:
+                status, headers_out, data = server.request("POST", path, body, headers=headers)
+                assert status == 403, (path, headers, status, data)
+                assert headers_out["content-type"] == "application/json" and json.loads(data)["error"]
+        assert db_rows(dataset) == [] and [r[0] for r in annotator_rows(dataset)] == ["alice"]
+        # what alice's page sends (its own origin): accepted
+        same = {"Origin": f"http://127.0.0.1:{server.port}", "Sec-Fetch-Site": "same-origin"}
+        assert server.json("POST", "/api/vote", vote, headers=same)["saved"]
+        # nothing above leased a pair: alice alone decides all 9
+        assert 1 + vote_all(server, "alice") == 9
+
+
+def test_lease_hoarding_is_capped_per_client_and_annotator(dataset):
+    """Many fresh names from one address hold at most --client-leases pairs, one name at most 2; a real
+    annotator from another address gets the rest at once (not `pair: null` for the lease time)."""
+    with Server(dataset, "--client-leases", "4") as server:
+        bot = "127.0.0.2"
+        names, refused = [], []
+        for i in range(61):
+            status, _, data = server.request("POST", "/api/claim", {"annotator": f"b{i}"}, source=bot)
+            if status == 200:
+                names.append(f"b{i}")
+                server.secrets[f"b{i}"] = json.loads(data)["secret"]
+            else:
+                refused.append((status, json.loads(data)["error"]))
+        assert names == ["b0", "b1", "b2", "b3"]  # new names per address per hour: --client-leases
+        assert {s for s, _ in refused} == {429} and "--client-leases 4" in refused[0][1]
+        statuses = []
+        for name in names:
+            got: list[str] = []
+            for _ in range(3):  # the third needs a new lease: the name lets go of its oldest
+                body = {"annotator": name, "exclude": got}
+                status, _, data = server.request("POST", "/api/next", body, source=bot)
+                statuses.append(status)
+                if status == 200:
+                    got.append(json.loads(data)["pair"]["pair_id"])
+                else:
+                    assert status == 429 and b"already holds 4 pairs" in data, data
+        assert statuses == [200] * 6 + [429] * 6  # b0, b1: 2 held each now (each let one go)
+        # one name from a third address asking 61 times holds at most 2 pairs
+        solo = "127.0.0.3"
+        got = []
+        for _ in range(61):
+            res = server.next("solo", exclude=got[-16:], source=solo)
+            if res["pair"] is not None:
+                got.append(res["pair"]["pair_id"])
+        assert len(got) == 5  # the 5 pairs the bot does not hold, 2 of them still solo's
+        # the real annotator: 9 pairs - 4 (bot) - 2 (solo), at once
+        assert vote_all(server, "alice") == 3
+
+
+def test_a_name_belongs_to_the_browser_that_claimed_it(dataset):
+    """Nobody but the holder of bob's secret reads bob's last vote, undoes it, votes or asks for pairs as
+    bob; the binding is stored (a restart keeps it) as a SHA-256, never the secret itself."""
+    with Server(dataset) as server:
+        pair = server.next("bob")["pair"]
+        vote_id = vid()
+        body = {"vote_id": vote_id, "annotator": "bob", "left": pair["left"], "right": pair["right"]}
+        body.update(choice="right", time_ms=50)
+        server.json("POST", "/api/vote", body)
+        other = server.next("bob")["pair"]
+        mallory = server.claim("mallory", source="127.0.0.2")
+        as_bob = [
+            ("/api/next", {"annotator": "bob", "exclude": []}),
+            ("/api/undo", {"annotator": "bob", "vote_id": vote_id}),
+            ("/api/vote", {**body, "vote_id": vid(), "left": other["left"], "right": other["right"]}),
+        ]
+        for secret_header in ({}, {"X-Prefkit-Secret": "x" * 43}, {"X-Prefkit-Secret": mallory}):
+            for path, req in as_bob:
+                status, _, data = server.request(
+                    "POST", path, req, headers=secret_header, secret=False, source="127.0.0.2"
+                )
+                assert status == 403 and vote_id.encode() not in data, (path, secret_header, data)
+                assert b"secret" in data or b"another browser" in data
+        status, _, data = server.request("POST", "/api/claim", {"annotator": "bob"}, source="127.0.0.2")
+        assert status == 409 and b"already in use" in data
+        status, _, data = server.request("GET", "/api/next?annotator=bob")  # the issue's probe
+        assert status == 405 and vote_id.encode() not in data
+        rows = db_rows(dataset)
+        assert len(rows) == 1 and rows[0]["undone_at"] is None and rows[0]["annotator"] == "bob"
+        # bob himself: his last vote, his undo
+        assert server.next("bob")["last_vote_id"] == vote_id
+        server.json("POST", "/api/undo", {"annotator": "bob", "vote_id": vote_id})
+        assert db_rows(dataset)[0]["undone_at"] is not None
+        secrets = dict(server.secrets)
+    stored = dict(annotator_rows(dataset))
+    assert set(stored) == {"bob", "mallory"} and secrets["bob"] != secrets["mallory"]
+    assert all(len(d) == 64 and d not in secrets.values() for d in stored.values())
+    with Server(dataset) as again:
+        again.secrets["bob"] = secrets["bob"]
+        assert again.next("bob")["pair"] is not None
+        status, _, _ = again.request("POST", "/api/claim", {"annotator": "bob"})
+        assert status == 409
+        status, _, _ = again.request("POST", "/api/next", {"annotator": "bob", "exclude": []}, secret=False)
+        assert status == 403
+
+
+# -- a full or read-only disk (issue 16, item 8) ----------------------------------------------------------
+
+
+class FailingConnection:
+    """An sqlite3 connection whose INSERTs and UPDATEs raise ``error`` (the fault injected at the write call,
+    for where no tmpfs can be mounted; the tmpfs tests below fill a real disk)."""
+
+    def __init__(self, conn, error: Exception):
+        self.conn, self.error = conn, error
+
+    def execute(self, sql, *args):
+        if sql.lstrip().upper().startswith(("INSERT", "UPDATE", "PRAGMA JOURNAL_MODE")):
+            raise self.error
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+def test_store_write_failures_become_storage_errors(tmp_path, monkeypatch):
+    import sqlite3
+
+    pairs = [("g0_s0", "g0_s1"), ("g0_s0", "g0_s2")]
+    store = VoteStore(tmp_path / "a.sqlite", pairs)
+    secret = store.claim("A")
+    p = store.next_pair("A")["pair"]
+    real = store.conn
+    store.conn = FailingConnection(real, sqlite3.OperationalError("database or disk is full"))
+    with pytest.raises(StorageError, match="the disk is full") as info:
+        store.decide(vid(), "A", p[0], p[1], "left", 10)
+    assert info.value.status == 507 and str(tmp_path / "a.sqlite") in str(info.value)
+    with pytest.raises(StorageError, match="the disk is full"):
+        store.claim("B")
+    assert store.votes_on[p] == 0 and not store.decided.get("A") and "B" not in store.secrets
+    store.conn = FailingConnection(real, sqlite3.OperationalError("attempt to write a readonly database"))
+    with pytest.raises(StorageError, match="read-only") as info:
+        store.decide(vid(), "A", p[0], p[1], "left", 10)
+    assert info.value.status == 503
+    store.conn = real  # space again: the same store works on
+    assert store.decide(vid(), "A", p[0], p[1], "left", 10)["saved"] and store.owns("A", secret)
+    store.close()
+    # at start-up: a full disk is said to be one, not "not a prefkit annotations database"
+    connect = sqlite3.connect
+    monkeypatch.setattr(
+        sqlite3,
+        "connect",
+        lambda *a, **k: FailingConnection(
+            connect(*a, **k), sqlite3.OperationalError("database or disk is full")
+        ),
+    )
+    with pytest.raises(PrefkitError, match="the disk is full") as info:
+        VoteStore(tmp_path / "b.sqlite", pairs)
+    assert "not a prefkit" not in str(info.value) and str(tmp_path / "b.sqlite") in str(info.value)
+
+
+def mounted_or_skip(disk):
+    if disk is None:
+        pytest.skip(
+            "mounting a tmpfs needs root (CAP_SYS_ADMIN); test_store_write_failures_become_storage_errors "
+            "injects the same SQLite errors at the write call instead"
+        )
+
+
+def test_disk_full_during_annotation_answers_json(dataset, tmp_path):
+    with small_tmpfs(tmp_path / "disk", "2m") as disk:
+        mounted_or_skip(disk)
+        ds = disk / "ds"
+        shutil.copytree(dataset, ds)
+        with Server(ds) as server:
+            pair = server.next("alice")["pair"]
+            body = {"vote_id": vid(), "annotator": "alice", "left": pair["left"], "right": pair["right"]}
+            body.update(choice="tie", time_ms=700)
+            filler = fill_disk(disk)
+            for path, req in [("/api/vote", body), ("/api/claim", {"annotator": "carol"})]:
+                status, headers, data = server.request("POST", path, req)
+                assert status == 507 and headers["content-type"] == "application/json", (status, data)
+                message = json.loads(data)["error"]
+                assert "disk is full" in message and "nothing was saved" in message
+            assert db_rows(ds) == [] and [r[0] for r in annotator_rows(ds)] == ["alice"]
+            assert server.json("GET", "/api/status")["decisions"] == 0  # it still serves
+            filler.unlink()
+            ack = server.json("POST", "/api/vote", body)  # the same vote, once there is room
+            assert ack["saved"] and not ack["duplicate"]
+            server.claim("carol")
+            # undo on a full disk: refused, and the vote still counts
+            filler = fill_disk(disk)
+            undo = {"annotator": "alice", "vote_id": body["vote_id"]}
+            status, _, data = server.request("POST", "/api/undo", undo)
+            assert status == 507 and "disk is full" in json.loads(data)["error"]
+            assert db_rows(ds)[0]["undone_at"] is None
+            filler.unlink()
+            assert server.json("POST", "/api/undo", undo)["undone"] == body["vote_id"]
+        log = "".join(server.output)
+        assert "the disk is full" in log and str(ds / "annotations.sqlite") in log  # the operator's details
+        assert "Traceback" not in log
+
+
+def test_start_up_tells_full_read_only_and_foreign_apart(dataset, tmp_path):
+    with small_tmpfs(tmp_path / "disk", "2m") as disk:
+        mounted_or_skip(disk)
+        ds = disk / "ds"
+        shutil.copytree(dataset, ds)
+        db = ds / "annotations.sqlite"
+
+        def start_fails(expect: str) -> str:
+            res = run_cli("annotate", str(ds), "--port", "0")
+            assert res.returncode == 2, (res.stdout, res.stderr)
+            err = res.stderr.strip()
+            assert expect in err and "not a prefkit" not in err and "Traceback" not in err, err
+            return err
+
+        # no database yet, the disk full
+        filler = fill_disk(disk)
+        assert str(db) in start_fails("the disk is full")
+        filler.unlink()
+        # a database with votes, then the disk fills
+        with Server(ds) as server:
+            vote_all(server, "alice")
+        filler = fill_disk(disk)
+        assert str(db) in start_fails("the disk is full")
+        filler.unlink()
+        # a read-only mount: the lock file (the first write) says so, and so does the store
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        try:
+            assert str(ds) in start_fails("read-only file system")
+            with pytest.raises(PrefkitError, match="read-only file system") as info:
+                VoteStore(db, [("a", "b")])
+            assert str(db) in str(info.value) and "not a prefkit" not in str(info.value)
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+        assert len(db_rows(ds)) == 9  # nothing was lost on the way
+        # and a file that is not a database is still called that
+        for extra in (ds / "annotations.sqlite-wal", ds / "annotations.sqlite-shm"):
+            extra.unlink(missing_ok=True)
+        db.write_bytes(b"not sqlite at all" * 100)
+        res = run_cli("annotate", str(ds), "--port", "0")
+        assert res.returncode == 2 and "not a prefkit annotations database" in res.stderr
 
 
 # -- load: 8 annotators at once, then a SIGKILL under load ---------------------------------------------

@@ -141,9 +141,15 @@ def _lock(folder: Path) -> int:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise PrefkitError(
-            f"{path}: cannot create the server lock ({exc.strerror}); is {folder} writable?"
-        ) from None
+        import errno
+
+        if exc.errno == errno.EROFS:
+            why = f"{folder} is on a read-only file system; copy the dataset to a writable place and annotate the copy"
+        elif exc.errno == errno.ENOSPC:
+            why = f"the disk is full; free some space on the file system of {folder} and start again"
+        else:
+            why = f"{exc.strerror}; make {folder} writable (the votes are stored there)"
+        raise PrefkitError(f"{path}: cannot create the server lock: {why}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
