@@ -405,16 +405,6 @@ class VoteStore:
         if held:
             held.pop(annotator, None)
 
-    def held_by(self, *, annotator: str | None = None, client: str | None = None) -> list[PairKey]:
-        """The pairs leased (unexpired) to ``annotator``, or to any annotator of ``client``."""
-        now = self.clock()
-        return [
-            p
-            for p, held in self.leases.items()
-            for who, lease in held.items()
-            if lease.expiry > now and (who == annotator or lease.client == client)
-        ]
-
     def next_pair(
         self, annotator: str, exclude: set[PairKey] = frozenset(), client: str = ""
     ) -> dict[str, Any]:
