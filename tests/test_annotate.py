@@ -88,7 +88,8 @@ class Clock:
 def test_assignment_leases_skips_undo(tmp_path):
     pairs = [(f"g0_s{i}", f"g0_s{j}") for i in range(4) for j in range(i + 1, 4)]  # 6 pairs
     clock = Clock()
-    store = VoteStore(tmp_path / "a.sqlite", pairs, per_pair=2, lease_s=60, clock=clock)
+    # every annotator here is the same client (in process): no per-client cap in this test
+    store = VoteStore(tmp_path / "a.sqlite", pairs, per_pair=2, lease_s=60, clock=clock, client_leases=99)
     # three annotators at once: a pair is held for at most per_pair of them
     got = {who: store.next_pair(who)["pair"] for who in "ABC"}
     assert got["A"] == got["B"] != got["C"]
@@ -451,8 +452,22 @@ def test_get_and_cross_origin_requests_change_nothing(dataset):
         # what alice's page sends (its own origin): accepted
         same = {"Origin": f"http://127.0.0.1:{server.port}", "Sec-Fetch-Site": "same-origin"}
         assert server.json("POST", "/api/vote", vote, headers=same)["saved"]
-        # nothing above leased a pair: alice alone decides all 9
-        assert 1 + vote_all(server, "alice") == 9
+        # the same probe as POSTs from one address with the default cap (9 pairs: the least, 4)
+        leased, codes = 0, []
+        for i in range(61):
+            status, _, data = server.request("POST", "/api/claim", {"annotator": f"d{i}"}, source="127.0.0.2")
+            if status != 200:
+                codes.append(status)
+                continue
+            server.secrets[f"d{i}"] = json.loads(data)["secret"]
+            status, _, data = server.request(
+                "POST", "/api/next", {"annotator": f"d{i}", "exclude": []}, source="127.0.0.2"
+            )
+            codes.append(status)
+            leased += status == 200 and json.loads(data)["pair"] is not None
+        assert leased == 4 and codes.count(429) == 61 - 4
+        # nothing else leased a pair: alice decides the other 5 at once
+        assert 1 + vote_all(server, "alice") == 5
 
 
 def test_lease_hoarding_is_capped_per_client_and_annotator(dataset):
@@ -468,8 +483,8 @@ def test_lease_hoarding_is_capped_per_client_and_annotator(dataset):
                 server.secrets[f"b{i}"] = json.loads(data)["secret"]
             else:
                 refused.append((status, json.loads(data)["error"]))
-        assert names == ["b0", "b1", "b2", "b3"]  # new names per address per hour: --client-leases
-        assert {s for s, _ in refused} == {429} and "--client-leases 4" in refused[0][1]
+        assert names == [f"b{i}" for i in range(30)]  # new names per address per hour
+        assert {s for s, _ in refused} == {429} and "the most it may" in refused[0][1]
         statuses = []
         for name in names:
             got: list[str] = []
@@ -481,7 +496,8 @@ def test_lease_hoarding_is_capped_per_client_and_annotator(dataset):
                     got.append(json.loads(data)["pair"]["pair_id"])
                 else:
                     assert status == 429 and b"already holds 4 pairs" in data, data
-        assert statuses == [200] * 6 + [429] * 6  # b0, b1: 2 held each now (each let one go)
+                    assert b"--client-leases 4" in data
+        assert statuses == [200] * 6 + [429] * 84  # b0, b1: 2 held each now (each let one go)
         # one name from a third address asking 61 times holds at most 2 pairs
         solo = "127.0.0.3"
         got = []

@@ -85,7 +85,7 @@ def run_annotate(cfg: AnnotateConfig) -> dict[str, Any]:
         raise PrefkitError(f"--per-pair {cfg.per_pair}: must be at least 1")
     if cfg.lease <= 0:
         raise PrefkitError(f"--lease {cfg.lease}: must be > 0 seconds")
-    if cfg.client_leases < 1:
+    if cfg.client_leases is not None and cfg.client_leases < 1:
         raise PrefkitError(f"--client-leases {cfg.client_leases}: must be at least 1")
     token = cfg.token
     if token is not None and len(token) < 16:

@@ -31,8 +31,9 @@ lease expired is still stored (a pair may then get one vote more than ``per_pair
 Limits on leases (a lease is what a hostile client would hoard): an annotator holds at most
 ``LEASES_PER_ANNOTATOR`` pairs handed out by :meth:`VoteStore.next_pair` (the page shows one and loads the
 next; asking for a third releases their oldest), and one client address at most ``client_leases`` over all
-its annotators; past that :meth:`VoteStore.next_pair` raises :class:`Busy` (HTTP 429) and leases nothing.
-An address may also claim at most ``client_leases`` new annotator names per hour.
+its annotators (default :func:`default_client_leases`: 20, fewer on a small dataset); past that
+:meth:`VoteStore.next_pair` raises :class:`Busy` (HTTP 429) and leases nothing. An address may also claim
+at most ``NAMES_PER_CLIENT`` new annotator names per hour (each is a row in the database).
 
 Annotator names are bound to a secret (table ``annotators``: the name, the SHA-256 of the secret): the first
 :meth:`VoteStore.claim` of a name makes a random secret and hands it out once; the page keeps it and sends
@@ -71,7 +72,8 @@ VERSION = "1"
 DECISIONS = ("0", "1", "tie", "skip")
 VOTE_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 LEASES_PER_ANNOTATOR = 2  # the pair on the page and the one it loads ahead
-NAME_WINDOW_S = 3600.0  # new names per client address are counted over this window
+NAMES_PER_CLIENT = 30  # new annotator names one client address may claim per NAME_WINDOW_S
+NAME_WINDOW_S = 3600.0
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -284,12 +286,19 @@ def read_decisions(path: Path) -> list[Decision]:
     return [Decision(*row) for row in rows]
 
 
+def default_client_leases(places: int) -> int:
+    """The default cap of pairs one client address holds at once: 20, but at most a quarter of the places
+    (pairs x per-pair) so that one client never holds most of a small dataset; at least 4, what two pages
+    (two annotators on one machine) need."""
+    return min(20, max(4, places // 4))
+
+
 class VoteStore:
     """The server's view of the database: decisions, undo, and which pair to hand out next.
 
     ``pairs``: the pairs to annotate (canonical order). ``client_leases``: the most pairs one client address
-    may hold at once (over all its annotators), and the most new names it may claim per hour. Thread-safe:
-    one lock around every operation.
+    may hold at once, over all its annotators (None: :func:`default_client_leases`). Thread-safe: one lock
+    around every operation.
     """
 
     def __init__(
@@ -300,12 +309,14 @@ class VoteStore:
         lease_s: float = 300.0,
         seed: int = 0,
         clock=time.monotonic,
-        client_leases: int = 20,
+        client_leases: int | None = None,
     ):
         if per_pair < 1:
             raise PrefkitError(f"--per-pair {per_pair}: must be at least 1")
         if lease_s <= 0:
             raise PrefkitError(f"--lease {lease_s}: must be > 0 seconds")
+        if client_leases is None:
+            client_leases = default_client_leases(len(pairs) * per_pair)
         if client_leases < 1:
             raise PrefkitError(f"--client-leases {client_leases}: must be at least 1")
         self.path = Path(path)
@@ -456,7 +467,7 @@ class VoteStore:
 
     def claim(self, annotator: str, client: str = "") -> str:
         """Bind the new name ``annotator`` to a fresh random secret and return it (the only time it is
-        shown). Conflict when the name is taken; Busy when ``client`` claimed ``client_leases`` names in
+        shown). Conflict when the name is taken; Busy when ``client`` claimed ``NAMES_PER_CLIENT`` names in
         the last hour."""
         with self.lock:
             if annotator in self.secrets:
@@ -468,10 +479,10 @@ class VoteStore:
             recent = self.new_names.setdefault(client, deque())
             while recent and recent[0] <= now - NAME_WINDOW_S:
                 recent.popleft()
-            if len(recent) >= self.client_leases:
+            if len(recent) >= NAMES_PER_CLIENT:
                 raise Busy(
-                    f"this address ({client or 'local'}) claimed {len(recent)} new names in the last hour "
-                    f"(the limit, --client-leases {self.client_leases}): keep using one of them"
+                    f"this address ({client or 'local'}) claimed {len(recent)} new names in the last hour, "
+                    "the most it may: keep using one of them"
                 )
             secret = secrets.token_urlsafe(32)
             digest = hashlib.sha256(secret.encode()).hexdigest()
