@@ -135,6 +135,41 @@ def test_assignment_leases_skips_undo(tmp_path):
     again.close()
 
 
+def test_leases_are_capped_per_annotator_and_client_vote_and_undo_included(tmp_path):
+    from prefkit.annotate.store import Busy
+
+    pairs = [(f"g0_s{i}", f"g0_s{j}") for i in range(4) for j in range(i + 1, 4)]  # 6 pairs
+    store = VoteStore(tmp_path / "a.sqlite", pairs, client_leases=3)
+
+    def leased(client: str) -> int:
+        return sum(1 for who in store.leases.values() for lease in who.values() if lease.client == client)
+
+    # one name asking for ever new pairs holds 2: each new one lets go of its oldest
+    got = []
+    for _ in range(6):
+        got.append(store.next_pair("x", exclude=set(got), client="c")["pair"])
+    assert len(set(got)) == 6 and leased("c") == 2
+    # a second name of the same client: up to the client's 3, then Busy, nothing leased
+    store.next_pair("y", client="c")
+    with pytest.raises(Busy, match="already holds 3 pairs"):
+        store.next_pair("z", client="c")
+    assert leased("c") == 3 and "z" not in {w for who in store.leases.values() for w in who}
+    # vote on everything, then undo all: the undone pairs come back within the cap only
+    ids = []
+    while (pair := store.next_pair("x", client="c")["pair"]) is not None:
+        ids.append(vid())
+        store.decide(ids[-1], "x", pair[0], pair[1], "left", 1)
+    for vote_id in ids:
+        store.undo("x", vote_id, client="c")
+    assert len(ids) == 5 and leased("c") == 3
+    # another client still gets every pair nobody holds
+    free = []
+    while (pair := store.next_pair("w", exclude=set(free), client="d")["pair"]) is not None:
+        free.append(pair)
+    assert len(free) == 3
+    store.close()
+
+
 def test_store_refuses_foreign_database(tmp_path):
     import sqlite3
 

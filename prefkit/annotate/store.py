@@ -411,6 +411,14 @@ class VoteStore:
     def _lease(self, pair: PairKey, annotator: str, now: float, client: str) -> None:
         self.leases.setdefault(pair, {})[annotator] = Lease(now + self.lease_s, client)
 
+    def _client_leases(self, client: str, now: float) -> int:
+        return sum(
+            1
+            for who in self.leases.values()
+            for lease in who.values()
+            if lease.client == client and lease.expiry > now
+        )
+
     def _release(self, pair: PairKey, annotator: str) -> None:
         held = self.leases.get(pair)
         if held:
@@ -441,9 +449,7 @@ class VoteStore:
                     # a new lease: the annotator lets go of their oldest beyond the page's two
                     oldest = sorted(held, key=lambda p: self.leases[p][annotator].expiry)
                     let_go = oldest[: max(0, len(held) - LEASES_PER_ANNOTATOR + 1)]
-                    by_client = sum(
-                        1 for who in self.leases.values() for lease in who.values() if lease.client == client
-                    )
+                    by_client = self._client_leases(client, now)
                     by_client -= sum(1 for p in let_go if self.leases[p][annotator].client == client)
                     if by_client >= self.client_leases:
                         raise Busy(
@@ -562,7 +568,8 @@ class VoteStore:
 
     def undo(self, annotator: str, vote_id: str, client: str = "") -> dict[str, Any]:
         """Take back one of ``annotator``'s decisions (the page sends its last one). Idempotent: undoing an
-        undone decision answers the same. The pair is leased to the annotator again, to be shown again."""
+        undone decision answers the same. The pair is leased to the annotator again (if ``client`` is under
+        its cap), to be shown again."""
         with self.lock:
             row = self._row(vote_id)
             if row is None or row.annotator != annotator:
@@ -573,8 +580,11 @@ class VoteStore:
                     (timestamp(), vote_id),
                 )
                 self._count(annotator, row.pair, row.choice, -1)
-            if row.pair in self.known:
-                self._lease(row.pair, annotator, self.clock(), client)
+            now = self.clock()
+            # held for the undoer to decide again, within their address's cap (else it is only shown: a
+            # vote without a lease is stored all the same), so vote + undo cannot hoard pairs either
+            if row.pair in self.known and self._client_leases(client, now) < self.client_leases:
+                self._lease(row.pair, annotator, now, client)
             return {
                 "undone": vote_id,
                 "pair": row.pair,
