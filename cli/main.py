@@ -569,6 +569,9 @@ def annotate(
     token: Annotated[str | None, typer.Option("--token", help=_a("token"), show_default=False)] = None,
     labels: Annotated[str | None, typer.Option("--labels", help=_a("labels"), show_default=False)] = None,
     lease: Annotated[float, typer.Option("--lease", help=_a("lease"))] = _annotate_config().lease,
+    client_leases: Annotated[
+        int | None, typer.Option("--client-leases", help=_a("client_leases"), show_default=False)
+    ] = None,
     export: Annotated[str | None, typer.Option("--export", help=_a("export"), show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help=_a("overwrite"))] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=_a("quiet"))] = False,

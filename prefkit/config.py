@@ -455,6 +455,12 @@ class AnnotateConfig:
     lease: float = field(
         300.0, "Seconds a pair handed to an annotator is held for them before others may get it."
     )
+    client_leases: int | None = field(
+        None,
+        "Most pairs one client address may hold at once over all its annotators (each page holds 2). "
+        "Default: 20, or a quarter of pairs x per-pair when that is fewer (at least 4). Behind a proxy every "
+        "annotator has the proxy's address: set it to 2 x the annotators.",
+    )
     export: str | None = field(
         None,
         "Write the votes as label set NAME (labels/NAME.jsonl, as `prefkit label --source annotate`) "

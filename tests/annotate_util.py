@@ -1,7 +1,10 @@
-"""Helpers for the annotate tests: the real server as a subprocess, raw HTTP, the vote database."""
+"""Helpers for the annotate tests: the real server as a subprocess, raw HTTP (with the annotators'
+secrets), the vote database, and a small tmpfs to fill."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import http.client
 import json
 import os
@@ -41,6 +44,7 @@ class Server:
         threading.Thread(target=self._pump, daemon=True).start()
         self.port = None
         self.token = None
+        self.secrets: dict[str, str] = {}  # annotator -> the secret /api/claim gave this test client
         deadline = time.monotonic() + timeout
         while self.port is None:
             try:
@@ -61,8 +65,11 @@ class Server:
             self.lines.put(line)
         self.lines.put(None)
 
-    def connection(self, timeout: float = 30) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+    def connection(self, timeout: float = 30, source: str | None = None) -> http.client.HTTPConnection:
+        """A connection to 127.0.0.1; ``source``: the client address (any 127.x.y.z is loopback too), so a
+        test can be several clients."""
+        address = (source, 0) if source else None
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout, source_address=address)
 
     def request(
         self,
@@ -72,12 +79,18 @@ class Server:
         headers: dict[str, str] | None = None,
         token: bool = True,
         raw: bytes | None = None,
+        source: str | None = None,
+        secret: bool = True,
     ) -> tuple[int, dict[str, str], bytes]:
-        """One request on a fresh connection; the path goes out exactly as given (no normalisation)."""
-        conn = self.connection()
+        """One request on a fresh connection; the path goes out exactly as given (no normalisation).
+        A JSON body naming an annotator this client claimed goes with that annotator's secret, unless
+        ``secret`` is False or ``headers`` has its own X-Prefkit-Secret."""
+        conn = self.connection(source=source)
         hdrs = dict(headers or {})
         if token and self.token and "Authorization" not in hdrs:
             hdrs["Authorization"] = f"Bearer {self.token}"
+        if secret and isinstance(body, dict) and body.get("annotator") in self.secrets:
+            hdrs.setdefault("X-Prefkit-Secret", self.secrets[body["annotator"]])
         data = raw
         if body is not None:
             data = json.dumps(body).encode()
@@ -90,10 +103,23 @@ class Server:
         finally:
             conn.close()
 
-    def json(self, method: str, path: str, body: Any = None, expect: int = 200) -> dict[str, Any]:
-        status, _, data = self.request(method, path, body)
+    def json(self, method: str, path: str, body: Any = None, expect: int = 200, **kw) -> dict[str, Any]:
+        status, _, data = self.request(method, path, body, **kw)
         assert status == expect, (status, data)
         return json.loads(data)
+
+    def claim(self, annotator: str, **kw) -> str:
+        """POST /api/claim: the name's secret, kept for this client's later requests."""
+        secret = self.json("POST", "/api/claim", {"annotator": annotator}, **kw)["secret"]
+        self.secrets[annotator] = secret
+        return secret
+
+    def next(self, annotator: str, exclude: list[str] = (), expect: int = 200, **kw) -> dict[str, Any]:
+        """POST /api/next as ``annotator`` (claimed first if this client has not yet)."""
+        if annotator not in self.secrets:
+            self.claim(annotator, **{k: v for k, v in kw.items() if k == "source"})
+        body = {"annotator": annotator, "exclude": list(exclude)}
+        return self.json("POST", "/api/next", body, expect=expect, **kw)
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -124,3 +150,33 @@ def db_rows(dataset: Path) -> list[dict[str, Any]]:
         return [dict(r) for r in conn.execute("SELECT * FROM votes ORDER BY id")]
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str):
+    """A tmpfs of ``size`` mounted at ``path`` (a real disk that fills up), or None where mounting is not
+    allowed (not root, or no CAP_SYS_ADMIN in a container). Lazily unmounted at the end."""
+    path.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
+    if res.returncode != 0:
+        yield None
+        return
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def fill_disk(folder: Path) -> Path:
+    """Write a file in ``folder`` until its file system has no space left; returns the file."""
+    filler = folder / "filler.bin"
+    chunk = b"\0" * 4096
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(chunk)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return filler

@@ -16,9 +16,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from annotate_util import ROOT, Server, artifacts_dir, db_rows
+from annotate_util import ROOT, Server, artifacts_dir, db_rows, fill_disk, small_tmpfs
 
-from prefkit.annotate.store import Conflict, NotFound, VoteStore, canonical_choice
+from prefkit.annotate.store import Conflict, NotFound, StorageError, VoteStore, canonical_choice
 from prefkit.errors import PrefkitError
 from prefkit.labels import read_meta, read_pairs
 
@@ -88,7 +88,8 @@ class Clock:
 def test_assignment_leases_skips_undo(tmp_path):
     pairs = [(f"g0_s{i}", f"g0_s{j}") for i in range(4) for j in range(i + 1, 4)]  # 6 pairs
     clock = Clock()
-    store = VoteStore(tmp_path / "a.sqlite", pairs, per_pair=2, lease_s=60, clock=clock)
+    # every annotator here is the same client (in process): no per-client cap in this test
+    store = VoteStore(tmp_path / "a.sqlite", pairs, per_pair=2, lease_s=60, clock=clock, client_leases=99)
     # three annotators at once: a pair is held for at most per_pair of them
     got = {who: store.next_pair(who)["pair"] for who in "ABC"}
     assert got["A"] == got["B"] != got["C"]
@@ -134,6 +135,41 @@ def test_assignment_leases_skips_undo(tmp_path):
     again.close()
 
 
+def test_leases_are_capped_per_annotator_and_client_vote_and_undo_included(tmp_path):
+    from prefkit.annotate.store import Busy
+
+    pairs = [(f"g0_s{i}", f"g0_s{j}") for i in range(4) for j in range(i + 1, 4)]  # 6 pairs
+    store = VoteStore(tmp_path / "a.sqlite", pairs, client_leases=3)
+
+    def leased(client: str) -> int:
+        return sum(1 for who in store.leases.values() for lease in who.values() if lease.client == client)
+
+    # one name asking for ever new pairs holds 2: each new one lets go of its oldest
+    got = []
+    for _ in range(6):
+        got.append(store.next_pair("x", exclude=set(got), client="c")["pair"])
+    assert len(set(got)) == 6 and leased("c") == 2
+    # a second name of the same client: up to the client's 3, then Busy, nothing leased
+    store.next_pair("y", client="c")
+    with pytest.raises(Busy, match="already holds 3 pairs"):
+        store.next_pair("z", client="c")
+    assert leased("c") == 3 and "z" not in {w for who in store.leases.values() for w in who}
+    # vote on everything, then undo all: the undone pairs come back within the cap only
+    ids = []
+    while (pair := store.next_pair("x", client="c")["pair"]) is not None:
+        ids.append(vid())
+        store.decide(ids[-1], "x", pair[0], pair[1], "left", 1)
+    for vote_id in ids:
+        store.undo("x", vote_id, client="c")
+    assert len(ids) == 5 and leased("c") == 3
+    # another client still gets every pair nobody holds
+    free = []
+    while (pair := store.next_pair("w", exclude=set(free), client="d")["pair"]) is not None:
+        free.append(pair)
+    assert len(free) == 3
+    store.close()
+
+
 def test_store_refuses_foreign_database(tmp_path):
     import sqlite3
 
@@ -150,7 +186,7 @@ def test_store_refuses_foreign_database(tmp_path):
 
 
 def first_pair(server: Server, annotator: str = "ann") -> dict:
-    return server.json("GET", f"/api/next?annotator={annotator}")["pair"]
+    return server.next(annotator)["pair"]
 
 
 def test_only_the_datasets_images_are_served(dataset):
@@ -226,10 +262,11 @@ def test_votes_are_validated_and_idempotent(dataset):
             assert json.loads(data)["error"], data
         status, _, _ = server.request("GET", "/api/vote")
         assert status == 405
-        status, _, data = server.request("GET", "/api/next")
+        status, _, data = server.request("POST", "/api/next", {"exclude": []})
         assert status == 400 and b"annotator" in data
-        status, _, _ = server.request("GET", "/api/next?annotator=a&exclude=..%2Fx")
-        assert status == 400
+        for exclude in (["../x"], "a__b", [1], ["a__b"] * 17):
+            status, _, _ = server.request("POST", "/api/next", {"annotator": "ann", "exclude": exclude})
+            assert status == 400, exclude
         assert db_rows(dataset) == []  # nothing was stored
 
         ack = server.json("POST", "/api/vote", good)
@@ -239,6 +276,7 @@ def test_votes_are_validated_and_idempotent(dataset):
         server.json("POST", "/api/vote", {**good, "choice": "right"}, expect=409)  # same id, other content
         server.json("POST", "/api/vote", {**good, "vote_id": vid()}, expect=409)  # the pair again
         server.json("POST", "/api/undo", {"annotator": "ann", "vote_id": vid()}, expect=404)
+        server.claim("other")  # another annotator, with their own secret: not their decision
         server.json("POST", "/api/undo", {"annotator": "other", "vote_id": good["vote_id"]}, expect=404)
         rows = db_rows(dataset)
         assert len(rows) == 1 and rows[0]["vote_id"] == good["vote_id"]
@@ -266,7 +304,7 @@ def test_sides_map_back_to_canonical_order_and_undo(dataset):
         ] == expected
         assert all(r["annotator"] == "mapper" and r["undone_at"] is None for r in rows)
         # undo the last (the skip): the row is kept, marked undone, and the pair is shown again
-        nxt = server.json("GET", "/api/next?annotator=mapper")
+        nxt = server.next("mapper")
         assert nxt["last_vote_id"] == expected[-1][0]
         res = server.json("POST", "/api/undo", {"annotator": "mapper", "vote_id": expected[-1][0]})
         assert res["pair"]["pair_id"] == f"{expected[-1][1]}__{expected[-1][2]}"
@@ -290,12 +328,17 @@ def test_token_required_beyond_loopback(dataset):
         token = server.token
         assert token and len(token) >= 24  # generated and printed
         key = first_pair(server)["left"]
-        paths = ["/", "/static/annotate.js", f"/image/{key}", "/api/next?annotator=x", "/api/status"]
+        paths = ["/", "/static/annotate.js", f"/image/{key}", "/api/status"]
+        bearer = {"Authorization": "Bearer " + "x" * len(token)}
         for path in paths:
             assert server.request("GET", path, token=False)[0] == 401, path
-            bearer = {"Authorization": "Bearer " + "x" * len(token)}
             assert server.request("GET", path, headers=bearer)[0] == 403, path
             assert server.request("GET", path)[0] == 200, path
+        ask = {"annotator": "ann", "exclude": []}
+        assert server.request("POST", "/api/next", ask, token=False)[0] == 401
+        assert server.request("POST", "/api/next", ask, headers=bearer)[0] == 403
+        assert server.request("POST", "/api/next", ask)[0] == 200
+        assert server.request("POST", "/api/claim", {"annotator": "x"}, token=False)[0] == 401
         body = {"vote_id": vid(), "annotator": "x", "left": key, "right": key, "choice": "tie", "time_ms": 1}
         assert server.request("POST", "/api/vote", body=body, token=False)[0] == 401
         assert server.request("GET", f"/api/status?token={'y' * len(token)}", token=False)[0] == 403
@@ -384,6 +427,309 @@ def test_export_is_the_human_label_import(dataset, cli):
     assert cli(["annotate", str(dataset), "--export", "web", "--overwrite", "-q"]).exit_code == 0
 
 
+# -- hostile clients (issue 16, item 7) ---------------------------------------------------------------
+
+
+def vote_all(server: Server, who: str, **kw) -> int:
+    """``who`` decides every pair the server hands them; the number decided."""
+    n = 0
+    while (pair := server.next(who, **kw)["pair"]) is not None:
+        body = {"vote_id": vid(), "annotator": who, "left": pair["left"], "right": pair["right"]}
+        server.json("POST", "/api/vote", {**body, "choice": "left", "time_ms": 10}, **kw)
+        n += 1
+    return n
+
+
+def annotator_rows(dataset: Path) -> list[tuple]:
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{dataset / 'annotations.sqlite'}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT name, secret_sha256 FROM annotators ORDER BY name").fetchall()
+    finally:
+        conn.close()
+
+
+def test_get_and_cross_origin_requests_change_nothing(dataset):
+    """The issue's probe: 61 GETs of /api/next with fresh names (plain and with Origin: evil.com) leased
+    every pair. Now a GET is 405 and leases nothing, and a POST from another origin is refused before its
+    body is read, even with a valid secret."""
+    with Server(dataset) as server:
+        evil = {"Origin": "http://evil.com"}
+        for i in range(61):
+            for headers in ({}, evil):
+                status, _, data = server.request("GET", f"/api/next?annotator=b{i}", headers=headers)
+                assert status == 405 and json.loads(data)["error"], data
+        for i in range(61):
+            status, _, data = server.request("POST", "/api/claim", {"annotator": f"c{i}"}, headers=evil)
+            assert status == 403 and b"cross-origin" in data, data
+        pair = server.next("alice")["pair"]  # alice's own page (no Origin, as curl; secret sent)
+        vote = {"vote_id": vid(), "annotator": "alice", "left": pair["left"], "right": pair["right"]}
+        vote.update(choice="left", time_ms=5)
+        cross = [
+            evil,
+            {"Origin": "null"},
+            {"Origin": f"http://127.0.0.1:{server.port + 1}"},  # another port is another origin
+            {"Origin": f"ftp://127.0.0.1:{server.port}"},
+            {"Sec-Fetch-Site": "cross-site"},
+            {"Sec-Fetch-Site": "same-site"},
+        ]
+        for headers in cross:  # alice's valid secret goes with each: the origin alone refuses them
+            for path, body in [
+                ("/api/next", {"annotator": "alice", "exclude": [pair["pair_id"]]}),
+                ("/api/vote", vote),
+                ("/api/claim", {"annotator": "c0"}),
+            ]:
+                status, headers_out, data = server.request("POST", path, body, headers=headers)
+                assert status == 403, (path, headers, status, data)
+                assert headers_out["content-type"] == "application/json" and json.loads(data)["error"]
+        assert db_rows(dataset) == [] and [r[0] for r in annotator_rows(dataset)] == ["alice"]
+        # what alice's page sends (its own origin): accepted
+        same = {"Origin": f"http://127.0.0.1:{server.port}", "Sec-Fetch-Site": "same-origin"}
+        assert server.json("POST", "/api/vote", vote, headers=same)["saved"]
+        # the same probe as POSTs from one address with the default cap (9 pairs: the least, 4)
+        leased, codes = 0, []
+        for i in range(61):
+            status, _, data = server.request("POST", "/api/claim", {"annotator": f"d{i}"}, source="127.0.0.2")
+            if status != 200:
+                codes.append(status)
+                continue
+            server.secrets[f"d{i}"] = json.loads(data)["secret"]
+            status, _, data = server.request(
+                "POST", "/api/next", {"annotator": f"d{i}", "exclude": []}, source="127.0.0.2"
+            )
+            codes.append(status)
+            leased += status == 200 and json.loads(data)["pair"] is not None
+        assert leased == 4 and codes.count(429) == 61 - 4
+        # nothing else leased a pair: alice decides the other 5 at once
+        assert 1 + vote_all(server, "alice") == 5
+
+
+def test_lease_hoarding_is_capped_per_client_and_annotator(dataset):
+    """Many fresh names from one address hold at most --client-leases pairs, one name at most 2; a real
+    annotator from another address gets the rest at once (not `pair: null` for the lease time)."""
+    with Server(dataset, "--client-leases", "4") as server:
+        bot = "127.0.0.2"
+        names, refused = [], []
+        for i in range(61):
+            status, _, data = server.request("POST", "/api/claim", {"annotator": f"b{i}"}, source=bot)
+            if status == 200:
+                names.append(f"b{i}")
+                server.secrets[f"b{i}"] = json.loads(data)["secret"]
+            else:
+                refused.append((status, json.loads(data)["error"]))
+        assert names == [f"b{i}" for i in range(30)]  # new names per address per hour
+        assert {s for s, _ in refused} == {429} and "the most it may" in refused[0][1]
+        statuses = []
+        for name in names:
+            got: list[str] = []
+            for _ in range(3):  # the third needs a new lease: the name lets go of its oldest
+                body = {"annotator": name, "exclude": got}
+                status, _, data = server.request("POST", "/api/next", body, source=bot)
+                statuses.append(status)
+                if status == 200:
+                    got.append(json.loads(data)["pair"]["pair_id"])
+                else:
+                    assert status == 429 and b"already holds 4 pairs" in data, data
+                    assert b"--client-leases 4" in data
+        assert statuses == [200] * 6 + [429] * 84  # b0, b1: 2 held each now (each let one go)
+        # one name from a third address asking 61 times holds at most 2 pairs
+        solo = "127.0.0.3"
+        got = []
+        for _ in range(61):
+            res = server.next("solo", exclude=got[-16:], source=solo)
+            if res["pair"] is not None:
+                got.append(res["pair"]["pair_id"])
+        assert len(got) == 5  # the 5 pairs the bot does not hold, 2 of them still solo's
+        # the real annotator: 9 pairs - 4 (bot) - 2 (solo), at once
+        assert vote_all(server, "alice") == 3
+
+
+def test_a_name_belongs_to_the_browser_that_claimed_it(dataset):
+    """Nobody but the holder of bob's secret reads bob's last vote, undoes it, votes or asks for pairs as
+    bob; the binding is stored (a restart keeps it) as a SHA-256, never the secret itself."""
+    with Server(dataset) as server:
+        pair = server.next("bob")["pair"]
+        vote_id = vid()
+        body = {"vote_id": vote_id, "annotator": "bob", "left": pair["left"], "right": pair["right"]}
+        body.update(choice="right", time_ms=50)
+        server.json("POST", "/api/vote", body)
+        other = server.next("bob")["pair"]
+        mallory = server.claim("mallory", source="127.0.0.2")
+        as_bob = [
+            ("/api/next", {"annotator": "bob", "exclude": []}),
+            ("/api/undo", {"annotator": "bob", "vote_id": vote_id}),
+            ("/api/vote", {**body, "vote_id": vid(), "left": other["left"], "right": other["right"]}),
+        ]
+        for secret_header in ({}, {"X-Prefkit-Secret": "x" * 43}, {"X-Prefkit-Secret": mallory}):
+            for path, req in as_bob:
+                status, _, data = server.request(
+                    "POST", path, req, headers=secret_header, secret=False, source="127.0.0.2"
+                )
+                assert status == 403 and vote_id.encode() not in data, (path, secret_header, data)
+                assert b"secret" in data or b"another browser" in data
+        status, _, data = server.request("POST", "/api/claim", {"annotator": "bob"}, source="127.0.0.2")
+        assert status == 409 and b"already in use" in data
+        status, _, data = server.request("GET", "/api/next?annotator=bob")  # the issue's probe
+        assert status == 405 and vote_id.encode() not in data
+        rows = db_rows(dataset)
+        assert len(rows) == 1 and rows[0]["undone_at"] is None and rows[0]["annotator"] == "bob"
+        # bob himself: his last vote, his undo
+        assert server.next("bob")["last_vote_id"] == vote_id
+        server.json("POST", "/api/undo", {"annotator": "bob", "vote_id": vote_id})
+        assert db_rows(dataset)[0]["undone_at"] is not None
+        secrets = dict(server.secrets)
+    stored = dict(annotator_rows(dataset))
+    assert set(stored) == {"bob", "mallory"} and secrets["bob"] != secrets["mallory"]
+    assert all(len(d) == 64 and d not in secrets.values() for d in stored.values())
+    with Server(dataset) as again:
+        again.secrets["bob"] = secrets["bob"]
+        assert again.next("bob")["pair"] is not None
+        status, _, _ = again.request("POST", "/api/claim", {"annotator": "bob"})
+        assert status == 409
+        status, _, _ = again.request("POST", "/api/next", {"annotator": "bob", "exclude": []}, secret=False)
+        assert status == 403
+
+
+# -- a full or read-only disk (issue 16, item 8) ----------------------------------------------------------
+
+
+class FailingConnection:
+    """An sqlite3 connection whose INSERTs and UPDATEs raise ``error`` (the fault injected at the write call,
+    for where no tmpfs can be mounted; the tmpfs tests below fill a real disk)."""
+
+    def __init__(self, conn, error: Exception):
+        self.conn, self.error = conn, error
+
+    def execute(self, sql, *args):
+        if sql.lstrip().upper().startswith(("INSERT", "UPDATE", "PRAGMA JOURNAL_MODE")):
+            raise self.error
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+def test_store_write_failures_become_storage_errors(tmp_path, monkeypatch):
+    import sqlite3
+
+    pairs = [("g0_s0", "g0_s1"), ("g0_s0", "g0_s2")]
+    store = VoteStore(tmp_path / "a.sqlite", pairs)
+    secret = store.claim("A")
+    p = store.next_pair("A")["pair"]
+    real = store.conn
+    store.conn = FailingConnection(real, sqlite3.OperationalError("database or disk is full"))
+    with pytest.raises(StorageError, match="the disk is full") as info:
+        store.decide(vid(), "A", p[0], p[1], "left", 10)
+    assert info.value.status == 507 and str(tmp_path / "a.sqlite") in str(info.value)
+    with pytest.raises(StorageError, match="the disk is full"):
+        store.claim("B")
+    assert store.votes_on[p] == 0 and not store.decided.get("A") and "B" not in store.secrets
+    store.conn = FailingConnection(real, sqlite3.OperationalError("attempt to write a readonly database"))
+    with pytest.raises(StorageError, match="read-only") as info:
+        store.decide(vid(), "A", p[0], p[1], "left", 10)
+    assert info.value.status == 503
+    store.conn = real  # space again: the same store works on
+    assert store.decide(vid(), "A", p[0], p[1], "left", 10)["saved"] and store.owns("A", secret)
+    store.close()
+    # at start-up: a full disk is said to be one, not "not a prefkit annotations database"
+    connect = sqlite3.connect
+    monkeypatch.setattr(
+        sqlite3,
+        "connect",
+        lambda *a, **k: FailingConnection(
+            connect(*a, **k), sqlite3.OperationalError("database or disk is full")
+        ),
+    )
+    with pytest.raises(PrefkitError, match="the disk is full") as info:
+        VoteStore(tmp_path / "b.sqlite", pairs)
+    assert "not a prefkit" not in str(info.value) and str(tmp_path / "b.sqlite") in str(info.value)
+
+
+def mounted_or_skip(disk):
+    if disk is None:
+        pytest.skip(
+            "mounting a tmpfs needs root (CAP_SYS_ADMIN); test_store_write_failures_become_storage_errors "
+            "injects the same SQLite errors at the write call instead"
+        )
+
+
+def test_disk_full_during_annotation_answers_json(dataset, tmp_path):
+    with small_tmpfs(tmp_path / "disk", "2m") as disk:
+        mounted_or_skip(disk)
+        ds = disk / "ds"
+        shutil.copytree(dataset, ds)
+        with Server(ds) as server:
+            pair = server.next("alice")["pair"]
+            body = {"vote_id": vid(), "annotator": "alice", "left": pair["left"], "right": pair["right"]}
+            body.update(choice="tie", time_ms=700)
+            filler = fill_disk(disk)
+            for path, req in [("/api/vote", body), ("/api/claim", {"annotator": "carol"})]:
+                status, headers, data = server.request("POST", path, req)
+                assert status == 507 and headers["content-type"] == "application/json", (status, data)
+                message = json.loads(data)["error"]
+                assert "disk is full" in message and "nothing was saved" in message
+            assert db_rows(ds) == [] and [r[0] for r in annotator_rows(ds)] == ["alice"]
+            assert server.json("GET", "/api/status")["decisions"] == 0  # it still serves
+            filler.unlink()
+            ack = server.json("POST", "/api/vote", body)  # the same vote, once there is room
+            assert ack["saved"] and not ack["duplicate"]
+            server.claim("carol")
+            # undo on a full disk: refused, and the vote still counts
+            filler = fill_disk(disk)
+            undo = {"annotator": "alice", "vote_id": body["vote_id"]}
+            status, _, data = server.request("POST", "/api/undo", undo)
+            assert status == 507 and "disk is full" in json.loads(data)["error"]
+            assert db_rows(ds)[0]["undone_at"] is None
+            filler.unlink()
+            assert server.json("POST", "/api/undo", undo)["undone"] == body["vote_id"]
+        log = "".join(server.output)
+        assert "the disk is full" in log and str(ds / "annotations.sqlite") in log  # the operator's details
+        assert "Traceback" not in log
+
+
+def test_start_up_tells_full_read_only_and_foreign_apart(dataset, tmp_path):
+    with small_tmpfs(tmp_path / "disk", "2m") as disk:
+        mounted_or_skip(disk)
+        ds = disk / "ds"
+        shutil.copytree(dataset, ds)
+        db = ds / "annotations.sqlite"
+
+        def start_fails(expect: str) -> str:
+            res = run_cli("annotate", str(ds), "--port", "0")
+            assert res.returncode == 2, (res.stdout, res.stderr)
+            err = res.stderr.strip()
+            assert expect in err and "not a prefkit" not in err and "Traceback" not in err, err
+            return err
+
+        # no database yet, the disk full
+        filler = fill_disk(disk)
+        assert str(db) in start_fails("the disk is full")
+        filler.unlink()
+        # a database with votes, then the disk fills
+        with Server(ds) as server:
+            vote_all(server, "alice")
+        filler = fill_disk(disk)
+        assert str(db) in start_fails("the disk is full")
+        filler.unlink()
+        # a read-only mount: the lock file (the first write) says so, and so does the store
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        try:
+            assert str(ds) in start_fails("read-only file system")
+            with pytest.raises(PrefkitError, match="read-only file system") as info:
+                VoteStore(db, [("a", "b")])
+            assert str(db) in str(info.value) and "not a prefkit" not in str(info.value)
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+        assert len(db_rows(ds)) == 9  # nothing was lost on the way
+        # and a file that is not a database is still called that
+        for extra in (ds / "annotations.sqlite-wal", ds / "annotations.sqlite-shm"):
+            extra.unlink(missing_ok=True)
+        db.write_bytes(b"not sqlite at all" * 100)
+        res = run_cli("annotate", str(ds), "--port", "0")
+        assert res.returncode == 2 and "not a prefkit annotations database" in res.stderr
+
+
 # -- load: 8 annotators at once, then a SIGKILL under load ---------------------------------------------
 
 
@@ -395,10 +741,20 @@ def annotate_loop(server: Server, annotator: str, quota: int | None, acked: list
     conn = server.connection()
     n = 0
     try:
+        conn.request(
+            "POST", "/api/claim", json.dumps({"annotator": annotator}), {"Content-Type": "application/json"}
+        )
+        res = conn.getresponse()
+        data = res.read()
+        if res.status != 200:
+            errors.append(f"{annotator}: claim {res.status} {data[:200]}")
+            return
+        headers = {"Content-Type": "application/json", "X-Prefkit-Secret": json.loads(data)["secret"]}
+        ask = json.dumps({"annotator": annotator, "exclude": []})
         while quota is None or n < quota:
             if stop is not None and stop.is_set():
                 return
-            conn.request("GET", f"/api/next?annotator={annotator}")
+            conn.request("POST", "/api/next", ask, headers)
             res = conn.getresponse()
             pair = json.loads(res.read())["pair"]
             if res.status != 200 or pair is None:
@@ -413,7 +769,7 @@ def annotate_loop(server: Server, annotator: str, quota: int | None, acked: list
                 "time_ms": rng.randrange(200, 5000),
             }
             for _ in range(2 if n % 10 == 0 else 1):
-                conn.request("POST", "/api/vote", json.dumps(body), {"Content-Type": "application/json"})
+                conn.request("POST", "/api/vote", json.dumps(body), headers)
                 res = conn.getresponse()
                 data = res.read()
                 if res.status != 200:

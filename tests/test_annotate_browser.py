@@ -1,6 +1,8 @@
 """A real headless Chromium drives the annotation page: the name, keys 1 / 2 / 3 / s / u and the buttons
 give exactly the right rows in the SQLite database (the page's random left/right mapped back to key_0 /
-key_1), and a prompt holding markup is shown as text and never runs.
+key_1), and a prompt holding markup is shown as text and never runs. The page claims its name and keeps
+the secret (a reload goes on as the same annotator, undo included), and shows the server's JSON errors: a
+name taken by another browser, a full disk (a real tmpfs, where one can be mounted).
 
 Needs Debian's chromium and chromium-driver (``.ci/run`` installs them) and selenium (the test extra).
 Without them the test is skipped with the reason, unless $CI or $PREFKIT_REQUIRE_BROWSER is set: then it
@@ -11,11 +13,12 @@ tests/artifacts/annotate.png).
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
 import pytest
-from annotate_util import Server, artifacts_dir, db_rows
+from annotate_util import Server, artifacts_dir, db_rows, fill_disk, small_tmpfs
 
 PAYLOAD = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2"> a cat & a "dog"'
 CHROMIUM = os.environ.get("PREFKIT_CHROMIUM", "/usr/bin/chromium")
@@ -117,6 +120,10 @@ def test_keys_and_clicks_store_the_right_rows(browser, script_dataset):
         el("#name-input").send_keys("alice")
         el("#name-submit").click()
         pair = wait_for(shown, "the first pair")
+        # the name was claimed: its secret is kept in this browser, nowhere in the page
+        kept = browser.execute_script("return JSON.parse(localStorage.getItem('prefkit-secrets'))")
+        assert list(kept) == ["alice"] and len(kept["alice"]) >= 40
+        assert kept["alice"] not in browser.page_source
         # the prompt is text: shown literally, nothing of it ran
         assert el("#prompt").text == PAYLOAD
         assert browser.execute_script("return typeof window.__pwned") == "undefined"
@@ -170,3 +177,83 @@ def test_keys_and_clicks_store_the_right_rows(browser, script_dataset):
         ]
         assert severe == []
         assert shot.stat().st_size > 10_000
+
+
+def shown_pair(browser) -> str | None:
+    return browser.execute_script("return document.body.dataset.pairId || null")
+
+
+def status_line(browser) -> tuple[str, bool]:
+    """The page's status text and whether it is shown as an error."""
+    return tuple(
+        browser.execute_script(
+            "const s = document.getElementById('status'); return [s.textContent, s.classList.contains('error')]"
+        )
+    )
+
+
+def test_errors_from_the_server_are_shown_and_a_reload_keeps_the_name(browser, script_dataset):
+    from selenium.webdriver.common.by import By
+
+    ds = script_dataset
+    el = lambda css: browser.find_element(By.CSS_SELECTOR, css)  # noqa: E731
+    with Server(ds) as server:
+        server.claim("bob")  # bob works in another browser
+        browser.get(f"http://127.0.0.1:{server.port}/")
+        wait_for(lambda: el("#name-input").is_displayed(), "the name form")
+        el("#name-input").send_keys("bob")
+        el("#name-submit").click()
+        text, is_error = wait_for(lambda: (s := status_line(browser)) and s[0] and s, "an error")
+        assert is_error and "already in use in another browser" in text, text
+        assert el("#name-input").is_displayed() and shown_pair(browser) is None  # asked again, nothing leased
+        el("#name-input").clear()
+        el("#name-input").send_keys("carol")
+        el("#name-submit").click()
+        first = wait_for(lambda: shown_pair(browser), "carol's first pair")
+        assert status_line(browser) == ("", False)
+        el("body").send_keys("1")
+        wait_for(lambda: len(db_rows(ds)) == 1, "carol's vote")
+        # a reload: the same annotator (no name asked), and undo still takes back the vote made before it
+        browser.refresh()
+        wait_for(lambda: shown_pair(browser), "the pair after the reload")
+        assert not el("#name-input").is_displayed() and el("#annotator-name").text == "carol"
+        wait_for(lambda: el("#btn-undo").is_enabled(), "undo enabled")
+        el("#btn-undo").click()
+        wait_for(lambda: db_rows(ds)[0]["undone_at"], "the undo")
+        wait_for(lambda: shown_pair(browser) == first, "the undone pair back")
+        rows = db_rows(ds)
+        assert [(r["annotator"], r["undone_at"] is not None) for r in rows] == [("carol", True)]
+
+
+def test_a_full_disk_is_shown_and_the_vote_saved_once_there_is_room(browser, script_dataset, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    el = lambda css: browser.find_element(By.CSS_SELECTOR, css)  # noqa: E731
+    with small_tmpfs(tmp_path / "disk", "2m") as disk:
+        if disk is None:
+            pytest.skip("mounting a tmpfs needs root; tests/test_annotate.py injects the error in-process")
+        ds = disk / "ds"
+        shutil.copytree(script_dataset, ds)
+        with Server(ds) as server:
+            browser.get(f"http://127.0.0.1:{server.port}/")
+            wait_for(lambda: el("#name-input").is_displayed(), "the name form")
+            el("#name-input").send_keys("dana")
+            el("#name-submit").click()
+            pair = wait_for(lambda: shown_pair(browser), "the first pair")
+            wait_for(lambda: el("#btn-left").is_enabled(), "the buttons")
+            filler = fill_disk(disk)
+            el("#btn-left").click()
+            text, is_error = wait_for(
+                lambda: (s := status_line(browser)) and "not saved" in s[0] and s, "error"
+            )
+            assert is_error and "disk is full" in text, text
+            assert el("#status").is_displayed()
+            assert shown_pair(browser) == pair and el("#btn-left").is_enabled()  # still here, to press again
+            assert db_rows(ds) == []
+            browser.save_screenshot(str(artifacts_dir() / "annotate-disk-full.png"))
+            filler.unlink()
+            el("#btn-left").click()
+            wait_for(lambda: len(db_rows(ds)) == 1, "the vote, once there is room")
+            wait_for(lambda: shown_pair(browser) not in (None, pair), "the next pair")
+            assert status_line(browser) == ("saved", False)
+            assert db_rows(ds)[0]["annotator"] == "dana"

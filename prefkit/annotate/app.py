@@ -5,14 +5,25 @@ Routes (every one behind :class:`AccessGate`)::
     GET  /                      the page (static/index.html)
     GET  /static/NAME           the page's script and style sheet: a fixed list of names, nothing else
     GET  /image/KEY             a sample's PNG from its shard; KEY must be a key of the dataset, else 404
-    GET  /api/next?annotator=A[&exclude=PAIR_ID]...   the pair to show next (null when none is left)
+    POST /api/claim  {annotator}                 a new name -> {annotator, secret}; the only time it is shown
+    POST /api/next   {annotator, exclude: [PAIR_ID, ...]}    the pair to show next (null when none is left)
     POST /api/vote   {vote_id, annotator, left, right, choice: left|right|tie|skip, time_ms}
     POST /api/undo   {annotator, vote_id}
     GET  /api/status            counts
 
-Errors are JSON ``{"error": message}`` with a 4xx status, and change nothing. POST bodies must be JSON
-(``Content-Type: application/json``): a page of another site cannot send such a request without a CORS
-preflight, which this app never grants.
+Every request that changes something is a POST (a GET changes nothing, not even a lease):
+
+* its ``Origin`` (and ``Sec-Fetch-Site``), when the browser sends them, must be this server's own: a page
+  of another site gets 403 before its body is read;
+* its body is JSON (``Content-Type: application/json``): another site's page cannot send that without a
+  CORS preflight, which this app never grants;
+* next, vote and undo carry the annotator's secret in the header ``X-Prefkit-Secret`` (what ``/api/claim``
+  returned for that name; the page keeps it in localStorage). Missing or not that name's: 403. It is the
+  request's CSRF token too, since no other site can read it or set the header.
+
+Errors are JSON ``{"error": message}`` and change nothing: 4xx for the request (429: the client's lease or
+name limit, see :class:`~prefkit.annotate.store.VoteStore`), 507 when the server's disk is full, 503 when
+its database cannot be written, 500 for anything else (the trace goes to the server's terminal).
 """
 
 from __future__ import annotations
@@ -20,8 +31,10 @@ from __future__ import annotations
 import hmac
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -30,7 +43,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from prefkit.annotate.images import ImageIndex
-from prefkit.annotate.store import VOTE_ID, Conflict, NotFound, VoteStore
+from prefkit.annotate.store import VOTE_ID, Busy, Conflict, NotFound, StorageError, VoteStore
 from prefkit.labels import SampleInfo
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -40,6 +53,15 @@ MAX_NAME = 64
 MAX_TIME_MS = 24 * 3600 * 1000
 KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
 SIDES = ("left", "right", "tie", "skip")
+MAX_EXCLUDE = 16
+SECRET_HEADER = "x-prefkit-secret"
+# what the page says when the database cannot be written; the server's terminal gets the details
+STORAGE_MESSAGES = {
+    507: "the server's disk is full: nothing was saved. Tell the person running prefkit annotate to free "
+    "disk space, then try again.",
+    503: "the server cannot write its database (read-only or an I/O error): nothing was saved. Tell the "
+    "person running prefkit annotate.",
+}
 
 # the page loads its own script and style only; a prompt can never become markup, and if it somehow did,
 # inline script and foreign images would still be refused
@@ -107,27 +129,79 @@ def create_app(store: VoteStore, images: ImageIndex, samples: dict[str, SampleIn
         }
         return Response(data, media_type="image/png", headers=headers)
 
+    def refused(exc: Exception) -> Response:
+        """The JSON answer to an exception of the request checks or the store."""
+        if isinstance(exc, BadRequest):
+            return error(str(exc), exc.status)
+        if isinstance(exc, Conflict):
+            return error(str(exc), 409)
+        if isinstance(exc, Busy):
+            return error(str(exc), 429)
+        if isinstance(exc, StorageError):
+            print(f"prefkit annotate: {exc}", file=sys.stderr, flush=True)
+            return error(STORAGE_MESSAGES[exc.status], exc.status)
+        raise exc
+
+    async def post(request: Request, names: set[str]) -> dict[str, Any]:
+        """A state-changing request's checks in order: same origin, JSON body, the fields ``names``, and
+        (when ``annotator`` is one of them and the call is not a claim) the annotator's secret."""
+        check_origin(request)
+        fields = expect_fields(await read_json(request), names)
+        if "annotator" in names:
+            fields["annotator"] = check_name(fields["annotator"])
+            if request.url.path != "/api/claim":
+                check_secret(request, fields["annotator"])
+        return fields
+
+    def check_secret(request: Request, annotator: str) -> None:
+        secret = request.headers.get(SECRET_HEADER)
+        if not secret:
+            raise BadRequest(
+                "no annotator secret (header X-Prefkit-Secret): reload the page; it gets one when your name "
+                "is first used",
+                403,
+            )
+        if not store.owns(annotator, secret):
+            raise BadRequest(
+                f"the name {annotator!r} belongs to another browser (or was never claimed here): "
+                "choose another name",
+                403,
+            )
+
+    def client_of(request: Request) -> str:
+        return request.client.host if request.client else ""
+
+    async def claim(request: Request) -> Response:
+        try:
+            fields = await post(request, {"annotator"})
+            secret = await run_in_threadpool(store.claim, fields["annotator"], client_of(request))
+        except (BadRequest, Conflict, Busy, StorageError) as exc:
+            return refused(exc)
+        return api_json({"annotator": fields["annotator"], "secret": secret})
+
     async def next_pair(request: Request) -> Response:
         try:
-            annotator = check_name(request.query_params.get("annotator"))
+            fields = await post(request, {"annotator", "exclude"})
+            ids = fields["exclude"]
+            if not isinstance(ids, list) or len(ids) > MAX_EXCLUDE:
+                raise BadRequest(f"exclude: a list of at most {MAX_EXCLUDE} pair ids")
             exclude = set()
-            for pid in request.query_params.getlist("exclude"):
-                k0, sep, k1 = pid.partition("__")
+            for pid in ids:
+                k0, sep, k1 = pid.partition("__") if isinstance(pid, str) else ("", "", "")
                 if not sep or not KEY.fullmatch(k0) or not KEY.fullmatch(k1):
                     raise BadRequest(f"exclude {pid!r} is not a pair id (KEY0__KEY1)")
                 exclude.add((k0, k1))
-        except BadRequest as exc:
-            return error(str(exc), exc.status)
-        res = await run_in_threadpool(store.next_pair, annotator, exclude)
+            res = await run_in_threadpool(store.next_pair, fields["annotator"], exclude, client_of(request))
+        except (BadRequest, Busy) as exc:
+            return refused(exc)
         left = res.pop("left")
         return api_json({**res, "pair": pair_payload(res["pair"], left)})
 
     async def vote(request: Request) -> Response:
         try:
-            body = await read_json(request)
-            fields = expect_fields(body, {"vote_id", "annotator", "left", "right", "choice", "time_ms"})
+            fields = await post(request, {"vote_id", "annotator", "left", "right", "choice", "time_ms"})
             vote_id = check_vote_id(fields["vote_id"])
-            annotator = check_name(fields["annotator"])
+            annotator = fields["annotator"]
             left, right = (check_key(fields[n], n, samples) for n in ("left", "right"))
             if left == right:
                 raise BadRequest(f"left and right are the same sample {left!r}", 422)
@@ -142,25 +216,21 @@ def create_app(store: VoteStore, images: ImageIndex, samples: dict[str, SampleIn
             ):
                 raise BadRequest(f"time_ms {time_ms!r} is not a whole number of ms in 0..{MAX_TIME_MS}", 422)
             ack = await run_in_threadpool(store.decide, vote_id, annotator, left, right, side, time_ms)
-        except BadRequest as exc:
-            return error(str(exc), exc.status)
         except NotFound as exc:
             return error(str(exc), 422)
-        except Conflict as exc:
-            return error(str(exc), 409)
+        except (BadRequest, Conflict, StorageError) as exc:
+            return refused(exc)
         return api_json(ack)
 
     async def undo(request: Request) -> Response:
         try:
-            body = await read_json(request)
-            fields = expect_fields(body, {"annotator", "vote_id"})
-            annotator = check_name(fields["annotator"])
+            fields = await post(request, {"annotator", "vote_id"})
             vote_id = check_vote_id(fields["vote_id"])
-            res = await run_in_threadpool(store.undo, annotator, vote_id)
-        except BadRequest as exc:
-            return error(str(exc), exc.status)
+            res = await run_in_threadpool(store.undo, fields["annotator"], vote_id, client_of(request))
         except NotFound as exc:
             return error(str(exc), 404)
+        except (BadRequest, StorageError) as exc:
+            return refused(exc)
         left = res.pop("left")
         return api_json({**res, "pair": pair_payload(res["pair"], left)})
 
@@ -173,16 +243,23 @@ def create_app(store: VoteStore, images: ImageIndex, samples: dict[str, SampleIn
     async def not_allowed(request: Request, exc: Exception) -> Response:
         return error(f"{request.method} is not allowed here", 405)
 
+    async def internal(request: Request, exc: Exception) -> Response:
+        # Starlette logs the trace to the server's terminal after this answer
+        return error("internal error in the server (its terminal has the details); try again", 500)
+
     routes = [
         Route("/", page, methods=["GET"]),
         Route("/static/{name}", static_file, methods=["GET"]),
         Route("/image/{key}", image, methods=["GET"]),
-        Route("/api/next", next_pair, methods=["GET"]),
+        Route("/api/claim", claim, methods=["POST"]),
+        Route("/api/next", next_pair, methods=["POST"]),
         Route("/api/vote", vote, methods=["POST"]),
         Route("/api/undo", undo, methods=["POST"]),
         Route("/api/status", status, methods=["GET"]),
     ]
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
+    return Starlette(
+        routes=routes, exception_handlers={404: not_found, 405: not_allowed, Exception: internal}
+    )
 
 
 def api_json(data: dict[str, Any]) -> JSONResponse:
@@ -207,6 +284,24 @@ async def read_json(request: Request) -> Any:
         return json.loads(b"".join(chunks))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the body is not JSON ({exc})") from None
+
+
+def check_origin(request: Request) -> None:
+    """403 unless the request comes from this server's own page (or from no browser page at all: a client
+    that sends no Origin, like curl, is not a cross-site request; it still needs the annotator's secret)."""
+    origin = request.headers.get("origin")
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        raise BadRequest(
+            f"cross-site request refused (Sec-Fetch-Site: {request.headers['sec-fetch-site']})", 403
+        )
+    if origin is None:
+        return
+    parts = urlsplit(origin)
+    host = request.headers.get("host", "").lower()
+    if parts.scheme not in ("http", "https") or not host or parts.netloc.lower() != host:
+        raise BadRequest(
+            f"cross-origin request from {origin!r} refused: use the page this server serves", 403
+        )
 
 
 def expect_fields(body: Any, names: set[str]) -> dict[str, Any]:

@@ -85,6 +85,8 @@ def run_annotate(cfg: AnnotateConfig) -> dict[str, Any]:
         raise PrefkitError(f"--per-pair {cfg.per_pair}: must be at least 1")
     if cfg.lease <= 0:
         raise PrefkitError(f"--lease {cfg.lease}: must be > 0 seconds")
+    if cfg.client_leases is not None and cfg.client_leases < 1:
+        raise PrefkitError(f"--client-leases {cfg.client_leases}: must be at least 1")
     token = cfg.token
     if token is not None and len(token) < 16:
         raise PrefkitError("--token: use at least 16 characters (or leave it out to get a generated one)")
@@ -113,9 +115,10 @@ def run_annotate(cfg: AnnotateConfig) -> dict[str, Any]:
         sock = _bind(cfg.host, cfg.port)  # before the database: a port in use leaves no file behind
         port = sock.getsockname()[1]
         url = _url(cfg.host, port, token)
-        store = VoteStore(folder / DB_NAME, pairs, cfg.per_pair, cfg.lease)
-        os.ftruncate(lock, 0)
-        os.pwrite(lock, f"{os.getpid()} {url.split('?')[0]}\n".encode(), 0)
+        store = VoteStore(folder / DB_NAME, pairs, cfg.per_pair, cfg.lease, client_leases=cfg.client_leases)
+        with contextlib.suppress(OSError):  # who holds the lock is a courtesy; a full disk must not stop us
+            os.ftruncate(lock, 0)
+            os.pwrite(lock, f"{os.getpid()} {url.split('?')[0]}\n".encode(), 0)
         _announce(cfg, folder, pairs, samples, url, token, store)
         _serve(store, images, samples, sock, cfg.host, port, token)
         return store.status()
@@ -138,9 +141,15 @@ def _lock(folder: Path) -> int:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise PrefkitError(
-            f"{path}: cannot create the server lock ({exc.strerror}); is {folder} writable?"
-        ) from None
+        import errno
+
+        if exc.errno == errno.EROFS:
+            why = f"{folder} is on a read-only file system; copy the dataset to a writable place and annotate the copy"
+        elif exc.errno == errno.ENOSPC:
+            why = f"the disk is full; free some space on the file system of {folder} and start again"
+        else:
+            why = f"{exc.strerror}; make {folder} writable (the votes are stored there)"
+        raise PrefkitError(f"{path}: cannot create the server lock: {why}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

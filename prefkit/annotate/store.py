@@ -28,18 +28,38 @@ fewer than ``per_pair``. A lease lasts ``lease_s`` seconds: annotators working a
 the same pair, and a pair an annotator walked away from goes back to the pool. A vote arriving after its
 lease expired is still stored (a pair may then get one vote more than ``per_pair``).
 
+Limits on leases (a lease is what a hostile client would hoard): an annotator holds at most
+``LEASES_PER_ANNOTATOR`` pairs handed out by :meth:`VoteStore.next_pair` (the page shows one and loads the
+next; asking for a third releases their oldest), and one client address at most ``client_leases`` over all
+its annotators (default :func:`default_client_leases`: 20, fewer on a small dataset); past that
+:meth:`VoteStore.next_pair` raises :class:`Busy` (HTTP 429) and leases nothing. An address may also claim
+at most ``NAMES_PER_CLIENT`` new annotator names per hour (each is a row in the database).
+
+Annotator names are bound to a secret (table ``annotators``: the name, the SHA-256 of the secret): the first
+:meth:`VoteStore.claim` of a name makes a random secret and hands it out once; the page keeps it and sends
+it with every request, and only its holder can ask for pairs, vote or undo as that name (the app checks it
+with :meth:`VoteStore.owns`). A name that has votes from before the table existed is claimed by whoever
+asks first.
+
+Write failures (a full disk, a read-only file system, an I/O error) raise :class:`StorageError` with a
+message that says what happened to the decision and what to do; nothing in memory changes.
+
 The counts used for assignment live in memory, rebuilt from the database at start-up and changed only
 after a commit succeeded, under one lock: one server per dataset (``serve.py`` holds a lock file).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import random
 import re
+import secrets
 import sqlite3
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +71,9 @@ FORMAT = "prefkit-annotations"
 VERSION = "1"
 DECISIONS = ("0", "1", "tie", "skip")
 VOTE_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+LEASES_PER_ANNOTATOR = 2  # the pair on the page and the one it loads ahead
+NAMES_PER_CLIENT = 30  # new annotator names one client address may claim per NAME_WINDOW_S
+NAME_WINDOW_S = 3600.0
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -72,6 +95,11 @@ CREATE TABLE IF NOT EXISTS votes (
 CREATE UNIQUE INDEX IF NOT EXISTS one_decision_per_pair ON votes (annotator, key_0, key_1)
     WHERE undone_at IS NULL;
 CREATE INDEX IF NOT EXISTS by_annotator ON votes (annotator, id);
+CREATE TABLE IF NOT EXISTS annotators (
+    name TEXT PRIMARY KEY,
+    secret_sha256 TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
 """
 
 PairKey = tuple[str, str]  # (key_0, key_1), key_0 < key_1
@@ -83,6 +111,24 @@ class Conflict(Exception):
 
 class NotFound(Exception):
     """A request naming a vote or pair that does not exist (HTTP 404)."""
+
+
+class Busy(Exception):
+    """A client over its limit of leases or new names (HTTP 429): the message says which and what to do."""
+
+
+class StorageError(Exception):
+    """The database could not be written (``status``: 507 disk full, 503 read-only or I/O error)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Lease:
+    expiry: float  # on the store's clock
+    client: str  # the address that asked for it
 
 
 @dataclass
@@ -155,10 +201,68 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
             conn.close()
         if isinstance(exc, PrefkitError):
             raise
+        problem = storage_problem(path, exc)
+        if problem is not None:
+            raise PrefkitError(f"{path}: {problem[0]}") from None
         raise PrefkitError(
             f"{path}: not a prefkit annotations database ({exc}); move it away or choose another dataset"
         ) from None
     return conn
+
+
+# SQLite's primary result codes (the low byte of sqlite_errorcode, Python 3.11+)
+_SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN = 8, 10, 13, 14
+LOW_SPACE = 1 << 20  # bytes free under which an I/O error is taken for a full disk
+
+
+def _fs_state(folder: Path) -> tuple[int | None, bool]:
+    """(bytes free to this user, read-only mount) of the file system holding ``folder``."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None, False
+    return st.f_bavail * st.f_frsize, bool(st.f_flag & os.ST_RDONLY)
+
+
+def storage_problem(path: Path, exc: sqlite3.Error) -> tuple[str, int] | None:
+    """What the disk or file system did to an SQLite call, said for a person, with the HTTP status the
+    server answers (507 full, 503 otherwise); None when the failure is about the file's content.
+
+    SQLite reports a full disk as SQLITE_FULL on most writes but as a plain I/O error when it cannot grow its
+    shared-memory file, so an I/O error on a nearly full file system (under ``LOW_SPACE`` free) is a full
+    disk too. A read-only mount or file shows up as SQLITE_READONLY or as "unable to open" (the WAL files
+    cannot be created)."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    text = str(exc).lower()
+    folder = path.parent
+    free, ro_mount = _fs_state(folder)
+    io_like = code in (_SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_READONLY) or any(
+        t in text for t in ("disk is full", "disk i/o error", "unable to open", "readonly")
+    )
+    if not io_like:
+        return None
+    if (
+        code == _SQLITE_FULL
+        or "disk is full" in text
+        or (free is not None and free < LOW_SPACE and not ro_mount)
+    ):
+        shown = "unknown" if free is None else f"{free:,} bytes"
+        return (
+            f"the disk is full (free on the file system of {folder}: {shown}; SQLite: {exc}); free some space "
+            "there, or move the dataset to a disk with room, and start again: the votes so far are intact",
+            507,
+        )
+    writable = os.access(folder, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+    if code == _SQLITE_READONLY or "readonly" in text or ro_mount or not writable:
+        where = "a read-only file system" if ro_mount else "read-only (permissions)"
+        return (
+            f"cannot write: {folder} is on {where} (SQLite: {exc}); make it writable, or copy the dataset "
+            "to a writable place and annotate the copy",
+            503,
+        )
+    if code == _SQLITE_CANTOPEN or "unable to open" in text:
+        return (f"cannot open or create the database (SQLite: {exc}); check that {folder} is writable", 503)
+    return (f"I/O error (SQLite: {exc}); check the disk (dmesg), then start again", 503)
 
 
 def _check_info(path: Path, info: dict[str, str]) -> None:
@@ -182,10 +286,19 @@ def read_decisions(path: Path) -> list[Decision]:
     return [Decision(*row) for row in rows]
 
 
+def default_client_leases(places: int) -> int:
+    """The default cap of pairs one client address holds at once: 20, but at most a quarter of the places
+    (pairs x per-pair) so that one client never holds most of a small dataset; at least 4, what two pages
+    (two annotators on one machine) need."""
+    return min(20, max(4, places // 4))
+
+
 class VoteStore:
     """The server's view of the database: decisions, undo, and which pair to hand out next.
 
-    ``pairs``: the pairs to annotate (canonical order). Thread-safe: one lock around every operation.
+    ``pairs``: the pairs to annotate (canonical order). ``client_leases``: the most pairs one client address
+    may hold at once, over all its annotators (None: :func:`default_client_leases`). Thread-safe: one lock
+    around every operation.
     """
 
     def __init__(
@@ -196,15 +309,21 @@ class VoteStore:
         lease_s: float = 300.0,
         seed: int = 0,
         clock=time.monotonic,
+        client_leases: int | None = None,
     ):
         if per_pair < 1:
             raise PrefkitError(f"--per-pair {per_pair}: must be at least 1")
         if lease_s <= 0:
             raise PrefkitError(f"--lease {lease_s}: must be > 0 seconds")
+        if client_leases is None:
+            client_leases = default_client_leases(len(pairs) * per_pair)
+        if client_leases < 1:
+            raise PrefkitError(f"--client-leases {client_leases}: must be at least 1")
         self.path = Path(path)
         self.per_pair = per_pair
         self.lease_s = lease_s
         self.clock = clock
+        self.client_leases = client_leases
         self.lock = threading.Lock()
         self.pairs = list(pairs)
         random.Random(seed).shuffle(self.pairs)
@@ -214,7 +333,11 @@ class VoteStore:
         # derived state, rebuilt from the database
         self.votes_on: Counter[PairKey] = Counter()  # active votes per pair (skips not counted)
         self.decided: dict[str, set[PairKey]] = {}  # annotator -> pairs voted or skipped (not undone)
-        self.leases: dict[PairKey, dict[str, float]] = {}  # pair -> annotator -> expiry (clock)
+        self.leases: dict[PairKey, dict[str, Lease]] = {}  # pair -> annotator -> lease
+        self.new_names: dict[str, deque[float]] = {}  # client address -> clock times of its claims
+        self.secrets: dict[str, str] = dict(  # annotator -> SHA-256 of their secret (hex)
+            self.conn.execute("SELECT name, secret_sha256 FROM annotators")
+        )
         for _vote_id, annotator, k0, k1, choice, *_rest in self.conn.execute(
             f"SELECT {_COLUMNS} FROM votes WHERE undone_at IS NULL"
         ):
@@ -274,46 +397,70 @@ class VoteStore:
 
     # -- assignment ---------------------------------------------------------------------------------
 
-    def _others_leases(self, pair: PairKey, annotator: str, now: float) -> int:
-        held = self.leases.get(pair)
-        if not held:
-            return 0
-        for who in [w for w, expiry in held.items() if expiry <= now]:
-            del held[who]
-        return sum(1 for who in held if who != annotator)
+    def _purge(self, now: float) -> None:
+        for pair in list(self.leases):
+            held = self.leases[pair]
+            for who in [w for w, lease in held.items() if lease.expiry <= now]:
+                del held[who]
+            if not held:
+                del self.leases[pair]
 
-    def _lease(self, pair: PairKey, annotator: str, now: float) -> None:
-        self.leases.setdefault(pair, {})[annotator] = now + self.lease_s
+    def _others_leases(self, pair: PairKey, annotator: str) -> int:
+        return sum(1 for who in self.leases.get(pair, {}) if who != annotator)
+
+    def _lease(self, pair: PairKey, annotator: str, now: float, client: str) -> None:
+        self.leases.setdefault(pair, {})[annotator] = Lease(now + self.lease_s, client)
+
+    def _client_leases(self, client: str, now: float) -> int:
+        return sum(
+            1
+            for who in self.leases.values()
+            for lease in who.values()
+            if lease.client == client and lease.expiry > now
+        )
 
     def _release(self, pair: PairKey, annotator: str) -> None:
         held = self.leases.get(pair)
         if held:
             held.pop(annotator, None)
 
-    def next_pair(self, annotator: str, exclude: set[PairKey] = frozenset()) -> dict[str, Any]:
+    def next_pair(
+        self, annotator: str, exclude: set[PairKey] = frozenset(), client: str = ""
+    ) -> dict[str, Any]:
         """The pair to show ``annotator`` next (leased to them), or None; with progress and the id of
-        their last decision (what undo would take back). ``exclude``: pairs the page already holds."""
+        their last decision (what undo would take back). ``exclude``: pairs the page already holds.
+        ``client``: the address asking; Busy when it holds ``client_leases`` pairs and would need another."""
         with self.lock:
             now = self.clock()
+            self._purge(now)
             mine = self.decided.get(annotator, set())
-            chosen = None
-            held = [
-                p
-                for p, who in self.leases.items()
-                if who.get(annotator, 0) > now and p not in mine and p not in exclude
-            ]
-            if held:
-                order = {p: i for i, p in enumerate(self.pairs)}
-                chosen = min(held, key=lambda p: order.get(p, len(order)))
-            else:
+            order = {p: i for i, p in enumerate(self.pairs)}
+            held = [p for p, who in self.leases.items() if annotator in who and p not in mine]
+            usable = [p for p in held if p not in exclude]
+            chosen = min(usable, key=lambda p: order.get(p, len(order))) if usable else None
+            if chosen is None:
                 for p in self.pairs:
                     if p in mine or p in exclude:
                         continue
-                    if self.votes_on[p] + self._others_leases(p, annotator, now) < self.per_pair:
+                    if self.votes_on[p] + self._others_leases(p, annotator) < self.per_pair:
                         chosen = p
                         break
+                if chosen is not None:
+                    # a new lease: the annotator lets go of their oldest beyond the page's two
+                    oldest = sorted(held, key=lambda p: self.leases[p][annotator].expiry)
+                    let_go = oldest[: max(0, len(held) - LEASES_PER_ANNOTATOR + 1)]
+                    by_client = self._client_leases(client, now)
+                    by_client -= sum(1 for p in let_go if self.leases[p][annotator].client == client)
+                    if by_client >= self.client_leases:
+                        raise Busy(
+                            f"this address ({client or 'local'}) already holds {by_client} pairs for its "
+                            f"annotators (the limit, --client-leases {self.client_leases}): finish those, "
+                            f"or wait until they are handed back ({self.lease_s:g} s after they were given)"
+                        )
+                    for p in let_go:
+                        self._release(p, annotator)
             if chosen is not None:
-                self._lease(chosen, annotator, now)
+                self._lease(chosen, annotator, now, client)
             left = None if chosen is None else chosen[self.side.randrange(2)]
             return {
                 "pair": chosen,
@@ -321,6 +468,58 @@ class VoteStore:
                 "progress": self._progress(annotator),
                 "last_vote_id": self._last_vote_id(annotator),
             }
+
+    # -- annotators ---------------------------------------------------------------------------------
+
+    def claim(self, annotator: str, client: str = "") -> str:
+        """Bind the new name ``annotator`` to a fresh random secret and return it (the only time it is
+        shown). Conflict when the name is taken; Busy when ``client`` claimed ``NAMES_PER_CLIENT`` names in
+        the last hour."""
+        with self.lock:
+            if annotator in self.secrets:
+                raise Conflict(
+                    f"the name {annotator!r} is already in use in another browser: choose another name "
+                    "(or go back to the browser where you started)"
+                )
+            now = self.clock()
+            recent = self.new_names.setdefault(client, deque())
+            while recent and recent[0] <= now - NAME_WINDOW_S:
+                recent.popleft()
+            if len(recent) >= NAMES_PER_CLIENT:
+                raise Busy(
+                    f"this address ({client or 'local'}) claimed {len(recent)} new names in the last hour, "
+                    "the most it may: keep using one of them"
+                )
+            secret = secrets.token_urlsafe(32)
+            digest = hashlib.sha256(secret.encode()).hexdigest()
+            self._write(
+                "INSERT INTO annotators (name, secret_sha256, created_at) VALUES (?, ?, ?)",
+                (annotator, digest, timestamp()),
+            )
+            self.secrets[annotator] = digest
+            recent.append(now)
+            return secret
+
+    def owns(self, annotator: str, secret: str | None) -> bool:
+        """Whether ``secret`` is the one handed out for ``annotator`` (compared in constant time)."""
+        digest = self.secrets.get(annotator)
+        if digest is None or not secret:
+            return False
+        return hmac.compare_digest(hashlib.sha256(secret.encode()).hexdigest(), digest)
+
+    def _write(self, sql: str, params: tuple) -> None:
+        """One autocommitted statement; a failure of the disk or file system becomes StorageError."""
+        try:
+            self.conn.execute(sql, params)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            if self.conn.in_transaction:  # SQLite may leave a failed statement's transaction open
+                self.conn.execute("ROLLBACK")
+            problem = storage_problem(self.path, exc)
+            if problem is None:
+                raise
+            raise StorageError(f"{self.path}: {problem[0]}", problem[1]) from None
 
     # -- writing ------------------------------------------------------------------------------------
 
@@ -345,7 +544,7 @@ class VoteStore:
                 )
             row = Decision(vote_id, annotator, *pair, choice, left, time_ms, timestamp(), None)
             try:
-                self.conn.execute(
+                self._write(
                     f"INSERT INTO votes ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (row.vote_id, annotator, *pair, choice, left, time_ms, row.created_at, None),
                 )  # autocommit: the INSERT is its own transaction, durable when execute returns
@@ -367,21 +566,25 @@ class VoteStore:
             "progress": self._progress(row.annotator),
         }
 
-    def undo(self, annotator: str, vote_id: str) -> dict[str, Any]:
+    def undo(self, annotator: str, vote_id: str, client: str = "") -> dict[str, Any]:
         """Take back one of ``annotator``'s decisions (the page sends its last one). Idempotent: undoing an
-        undone decision answers the same. The pair is leased to the annotator again, to be shown again."""
+        undone decision answers the same. The pair is leased to the annotator again (if ``client`` is under
+        its cap), to be shown again."""
         with self.lock:
             row = self._row(vote_id)
             if row is None or row.annotator != annotator:
                 raise NotFound(f"annotator {annotator!r} has no decision {vote_id}")
             if row.undone_at is None:
-                self.conn.execute(
+                self._write(
                     "UPDATE votes SET undone_at = ? WHERE vote_id = ? AND undone_at IS NULL",
                     (timestamp(), vote_id),
                 )
                 self._count(annotator, row.pair, row.choice, -1)
-            if row.pair in self.known:
-                self._lease(row.pair, annotator, self.clock())
+            now = self.clock()
+            # held for the undoer to decide again, within their address's cap (else it is only shown: a
+            # vote without a lease is stored all the same), so vote + undo cannot hoard pairs either
+            if row.pair in self.known and self._client_leases(client, now) < self.client_leases:
+                self._lease(row.pair, annotator, now, client)
             return {
                 "undone": vote_id,
                 "pair": row.pair,

@@ -4,16 +4,23 @@
 // saved (committed to SQLite). Until then the decision waits in localStorage and is re-sent, with the same
 // id, after a network error or a reload: the server stores an id once, so nothing is lost or doubled.
 // Text from the dataset (the prompt) is only ever set with textContent, never parsed as HTML.
+//
+// The name is bound to a secret the server hands out the first time the name is used (POST /api/claim);
+// it stays in this browser's localStorage and goes with every request (header X-Prefkit-Secret), so
+// nobody else can ask for pairs, vote or undo under this name. Every call that changes something is a
+// POST. An error the server explains (JSON {"error": ...}) is shown under the buttons.
 "use strict";
 
 (() => {
   const $ = (id) => document.getElementById(id);
   const NAME_KEY = "prefkit-annotator";
   const PENDING_KEY = "prefkit-pending-vote";
+  const SECRETS_KEY = "prefkit-secrets"; // {name: secret} of the names this browser claimed here
   const CHOICE_KEYS = { 1: "left", 2: "right", 3: "tie", s: "skip", S: "skip" };
 
   const state = {
     name: null,
+    secret: null, // the server's secret for state.name
     current: null, // the pair on screen: {pair_id, prompt, left, right, left_url, right_url, ...}
     next: null, // a promise of the prefetched pair (or null)
     shownAt: 0,
@@ -42,36 +49,60 @@
     }
   }
 
-  // One request; network errors and 5xx are retried (the same body, so the same vote id) until the
-  // server answers. A 4xx is final: its message is shown.
-  async function call(method, path, body) {
+  // One POST (or a GET without body); network errors and answers without a JSON error (a proxy's 502)
+  // are retried (the same body, so the same vote id) until the server answers. An answer with a JSON
+  // error (4xx, or 5xx such as 507 disk full) is final: its message is shown.
+  async function call(path, body) {
     let wait = 250;
     for (let attempt = 1; ; attempt++) {
       let response;
+      const headers = {};
+      if (body) headers["Content-Type"] = "application/json";
+      if (state.secret) headers["X-Prefkit-Secret"] = state.secret;
       try {
         response = await fetch(path, {
-          method,
-          headers: body ? { "Content-Type": "application/json" } : {},
+          method: body ? "POST" : "GET",
+          headers,
           body: body ? JSON.stringify(body) : undefined,
           cache: "no-store",
+          credentials: "same-origin",
         });
       } catch (e) {
         response = null;
       }
       if (response && response.ok) return response.json();
-      if (response && response.status < 500) {
-        let message = `${response.status}`;
+      if (response) {
+        let message = null;
         try {
-          message = (await response.json()).error || message;
+          message = (await response.json()).error || null;
         } catch (e) {
           /* not JSON */
         }
-        throw new HttpError(response.status, message);
+        if (message || response.status < 500) throw new HttpError(response.status, message || `${response.status}`);
       }
       setStatus(`server unreachable, retrying (attempt ${attempt}); your choice is kept`, true);
       await sleep(wait);
       wait = Math.min(wait * 2, 5000);
     }
+  }
+
+  function loadSecrets() {
+    try {
+      return JSON.parse(localStorage.getItem(SECRETS_KEY)) || {};
+    } catch (e) {
+      return {};
+    }
+  }
+
+  // The secret for state.name: the one this browser keeps, else a new one claimed from the server
+  async function identify() {
+    const secrets = loadSecrets();
+    state.secret = secrets[state.name] || null;
+    if (state.secret) return;
+    const res = await call("/api/claim", { annotator: state.name });
+    secrets[state.name] = res.secret;
+    localStorage.setItem(SECRETS_KEY, JSON.stringify(secrets));
+    state.secret = res.secret;
   }
 
   function showProgress(p) {
@@ -111,9 +142,7 @@
   }
 
   async function fetchNext(exclude) {
-    const q = new URLSearchParams({ annotator: state.name });
-    for (const id of exclude) q.append("exclude", id);
-    const res = await call("GET", `/api/next?${q}`);
+    const res = await call("/api/next", { annotator: state.name, exclude });
     showProgress(res.progress);
     return res;
   }
@@ -131,14 +160,30 @@
     $("annotator-name").textContent = state.name;
     state.busy = true;
     try {
-      await resendPending();
-      const res = await fetchNext([]);
+      await identify();
+      let res;
+      try {
+        await resendPending();
+        res = await fetchNext([]);
+      } catch (e) {
+        // a secret this server does not know (its database was replaced): claim the name afresh; if the
+        // name is someone else's here, that is a 409 and the name is asked again
+        if (!(e instanceof HttpError && e.status === 403)) throw e;
+        const secrets = loadSecrets();
+        delete secrets[state.name];
+        localStorage.setItem(SECRETS_KEY, JSON.stringify(secrets));
+        await identify();
+        res = await fetchNext([]);
+      }
       state.lastVoteId = res.last_vote_id;
       show(res.pair);
       setStatus(res.pair ? "" : "nothing to label");
       if (res.pair) prefetch();
     } catch (e) {
+      show(null);
       setStatus(`error: ${e.message}`, true);
+      // the name is someone else's here (or this browser's secret is not known here): ask for another
+      if (e instanceof HttpError && (e.status === 403 || e.status === 409)) askName();
     } finally {
       state.busy = false;
       setButtons(!!state.current);
@@ -152,7 +197,7 @@
     if (vote.annotator === state.name) {
       setStatus("re-sending your last choice");
       try {
-        const ack = await call("POST", "/api/vote", vote);
+        const ack = await call("/api/vote", vote);
         state.lastVoteId = ack.vote_id;
       } catch (e) {
         if (!(e instanceof HttpError)) throw e;
@@ -177,28 +222,36 @@
     localStorage.setItem(PENDING_KEY, JSON.stringify(vote));
     setStatus("saving\u2026");
     try {
-      const ack = await call("POST", "/api/vote", vote);
-      localStorage.removeItem(PENDING_KEY);
-      state.lastVoteId = ack.vote_id;
-      showProgress(ack.progress);
-      const next = state.next ? await state.next : (await fetchNext([pair.pair_id])).pair;
-      show(next);
-      setStatus(side === "skip" ? "skipped" : "saved");
-      if (next) prefetch();
-      else state.next = null;
-    } catch (e) {
-      localStorage.removeItem(PENDING_KEY); // refused (4xx): re-sending cannot help
-      setStatus(`not saved: ${e.message}`, true);
-      if (e instanceof HttpError && e.status === 409) {
-        // decided already (e.g. in another tab): move on rather than stay on a pair that cannot be voted
-        try {
+      let ack;
+      try {
+        ack = await call("/api/vote", vote);
+      } catch (e) {
+        localStorage.removeItem(PENDING_KEY); // refused: re-sending the same cannot help
+        setStatus(`not saved: ${e.message}`, true);
+        if (e instanceof HttpError && e.status === 409) {
+          // decided already (e.g. in another tab): move on rather than stay on a pair that cannot be voted
           const res = await fetchNext([pair.pair_id]);
           show(res.pair);
           if (res.pair) prefetch();
-        } catch (e2) {
-          setStatus(`error: ${e2.message}`, true);
         }
+        return;
       }
+      localStorage.removeItem(PENDING_KEY);
+      state.lastVoteId = ack.vote_id;
+      showProgress(ack.progress);
+      try {
+        const next = state.next ? await state.next : (await fetchNext([pair.pair_id])).pair;
+        show(next);
+        setStatus(side === "skip" ? "skipped" : "saved");
+        if (next) prefetch();
+        else state.next = null;
+      } catch (e) {
+        state.next = null;
+        show(null);
+        setStatus(`saved, but no next pair: ${e.message}`, true);
+      }
+    } catch (e) {
+      setStatus(`error: ${e.message}`, true);
     } finally {
       state.busy = false;
       setButtons(!!state.current);
@@ -210,7 +263,7 @@
     state.busy = true;
     setButtons(false);
     try {
-      const res = await call("POST", "/api/undo", { annotator: state.name, vote_id: state.lastVoteId });
+      const res = await call("/api/undo", { annotator: state.name, vote_id: state.lastVoteId });
       state.lastVoteId = res.last_vote_id;
       showProgress(res.progress);
       // the pair on screen comes back after the undone one; a prefetched pair stays leased to us and
@@ -242,10 +295,11 @@
       state.name = name;
       localStorage.setItem(NAME_KEY, name);
       $("name-overlay").hidden = true;
-      if (changed) {
+      if (changed || !state.current) {
         state.current = null;
         state.next = null;
         state.lastVoteId = null;
+        state.secret = null;
         start();
       }
     });
