@@ -191,7 +191,7 @@ def check_out(out: Path, overwrite: bool) -> None:
 def training_labels(origin: Origin) -> list[dict[str, Any]] | None:
     """The meta records (``labels/NAME.meta.json``) of the label sets the LoRA was trained on; None when
     no training run was found or a meta cannot be read."""
-    from prefkit.labels import label_sets
+    from prefkit.labels import label_sets, read_meta
 
     folder = origin.folder
     if folder is None or origin.train is None:
@@ -201,8 +201,8 @@ def training_labels(origin: Origin) -> list[dict[str, Any]] | None:
     metas = []
     for name in names:
         try:
-            metas.append(json.loads((folder / "labels" / f"{name}.meta.json").read_text()))
-        except (OSError, ValueError):
+            metas.append(read_meta(folder, name))  # checked against its schema: a stranger's file
+        except OSError:
             return None
     return metas
 
@@ -643,7 +643,6 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def _jsonable(value):
-    import json
 
     return json.loads(json.dumps(value, default=str))
 
