@@ -452,7 +452,14 @@ def grid_image(kept: dict[tuple[int, int], tuple], prompts: list[str], rows_by_k
 
 def write_outputs(out: Path, files: dict[str, bytes]) -> None:
     """All files or none: a new (or empty) --out is built beside it and renamed into place; with
-    --overwrite each file is replaced atomically."""
+    --overwrite each file is replaced atomically. A full disk or read-only folder: one error naming --out."""
+    from prefkit.fileio import writing
+
+    with writing(out):
+        _write_outputs(out, files)
+
+
+def _write_outputs(out: Path, files: dict[str, bytes]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.is_dir() and any(out.iterdir()):
         for name, data in files.items():

@@ -86,9 +86,11 @@ def write_shard(folder: Path, index: int, samples: Iterable[dict[str, Any]]) -> 
     with removed_on_failure(tmp, name=final), open(tmp, "wb") as f:
         # a fixed mtime makes a shard's bytes a function of its samples: regenerating is reproducible
         writer = wds.TarWriter(f, encoder=False, mtime=0.0)
-        for sample in samples:
-            writer.write(sample)
-        writer.close()
+        try:
+            for sample in samples:
+                writer.write(sample)
+        finally:  # also after a failed write: an unclosed tar stream writes to the closed file when collected
+            writer.close()
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, final)
