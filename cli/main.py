@@ -61,12 +61,20 @@ def _run_stage(ctx: typer.Context, cls, config: Path | None, values: dict, modul
     import importlib
 
     from prefkit.errors import PrefkitError
+    from prefkit.fileio import fs_error
 
     try:
         cfg = merge_config(ctx, cls, config, values)
         return cfg, getattr(importlib.import_module(module), function)(cfg)
     except PrefkitError as exc:
         _fail(exc)
+    except Exception as exc:
+        # a full disk or read-only folder met outside prefkit.fileio's writers (a mkdir, a library's own
+        # write): the same one line, naming the file the OS named
+        err = fs_error(exc)
+        if err is None:
+            raise
+        _fail(err)
 
 
 def _is_main_process() -> bool:

@@ -191,7 +191,7 @@ def check_out(out: Path, overwrite: bool) -> None:
 def training_labels(origin: Origin) -> list[dict[str, Any]] | None:
     """The meta records (``labels/NAME.meta.json``) of the label sets the LoRA was trained on; None when
     no training run was found or a meta cannot be read."""
-    from prefkit.labels import label_sets
+    from prefkit.labels import label_sets, read_meta
 
     folder = origin.folder
     if folder is None or origin.train is None:
@@ -201,8 +201,8 @@ def training_labels(origin: Origin) -> list[dict[str, Any]] | None:
     metas = []
     for name in names:
         try:
-            metas.append(json.loads((folder / "labels" / f"{name}.meta.json").read_text()))
-        except (OSError, ValueError):
+            metas.append(read_meta(folder, name))  # checked against its schema: a stranger's file
+        except OSError:
             return None
     return metas
 
@@ -452,7 +452,14 @@ def grid_image(kept: dict[tuple[int, int], tuple], prompts: list[str], rows_by_k
 
 def write_outputs(out: Path, files: dict[str, bytes]) -> None:
     """All files or none: a new (or empty) --out is built beside it and renamed into place; with
-    --overwrite each file is replaced atomically."""
+    --overwrite each file is replaced atomically. A full disk or read-only folder: one error naming --out."""
+    from prefkit.fileio import writing
+
+    with writing(out):
+        _write_outputs(out, files)
+
+
+def _write_outputs(out: Path, files: dict[str, bytes]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.is_dir() and any(out.iterdir()):
         for name, data in files.items():
@@ -643,7 +650,6 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def _jsonable(value):
-    import json
 
     return json.loads(json.dumps(value, default=str))
 

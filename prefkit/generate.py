@@ -453,7 +453,7 @@ def write_preview(out: Path, max_groups: int = 8, max_per_group: int = 8) -> Pat
     if not rows:
         return None
     path = out / "preview.png"
-    image_grid(list(rows.values())).save(path)
+    atomic_write_bytes(path, png_bytes(image_grid(list(rows.values()))))
     return path
 
 

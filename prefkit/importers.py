@@ -55,17 +55,18 @@ Formats (``--format``):
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from prefkit.errors import PrefkitError
+from prefkit.fileio import parse_json
 from prefkit.labels import (
     Pair,
     SampleInfo,
     Vote,
+    check_label_sum,
     check_votes,
     groups_of,
     pair_agreement,
@@ -322,7 +323,7 @@ def _read_prefkit(path: Path, samples: dict[str, SampleInfo], counts: dict[str, 
         elif "label_0" in rec:
             label = _number(rec["label_0"], "label_0", where)
             if "label_1" in rec:
-                _check_sum(label, _number(rec["label_1"], "label_1", where), where)
+                check_label_sum(label, _number(rec["label_1"], "label_1", where), where)
             choice = {1.0: "0", 0.0: "1", 0.5: "tie"}.get(label)
             if choice is None:
                 raise PrefkitError(
@@ -348,7 +349,7 @@ def _read_pickapic(path: Path, samples: dict[str, SampleInfo], counts: dict[str,
             raise PrefkitError(f"{where}: no 'label_0' (1: sample 0 won, 0: sample 1 won, 0.5: a tie)")
         label_0 = _number(rec["label_0"], "label_0", where)
         if rec.get("label_1") is not None:
-            _check_sum(label_0, _number(rec["label_1"], "label_1", where), where)
+            check_label_sum(label_0, _number(rec["label_1"], "label_1", where), where)
         choice = {1.0: "0", 0.0: "1", 0.5: "tie"}.get(label_0)
         if choice is None:
             raise PrefkitError(f"{where}: label_0 {label_0} is not 1, 0 or 0.5 (a tie)")
@@ -504,10 +505,7 @@ def _load_json(path: Path) -> Any:
         text = Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise PrefkitError(f"{path}: not UTF-8 text ({exc.reason})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PrefkitError(f"{path}:{exc.lineno}: not JSON ({exc.msg}, column {exc.colno})") from None
+    return parse_json(text, str(path), whole_file=True)
 
 
 def _jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -517,10 +515,7 @@ def _jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 if not line.strip():
                     continue
                 where = f"{path}:{i}"
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise PrefkitError(f"{where}: not JSON ({exc.msg}, column {exc.colno})") from None
+                rec = parse_json(line, where)
                 if not isinstance(rec, dict):
                     raise PrefkitError(f"{where}: expected a JSON object, got {type(rec).__name__}")
                 yield where, rec
@@ -630,14 +625,6 @@ def _number(value: Any, name: str, where: str) -> float:
     if not math.isfinite(value):
         raise PrefkitError(f"{where}: {name} {value} is not a finite number")
     return value
-
-
-def _check_sum(label_0: float, label_1: float, where: str) -> None:
-    if abs(label_0 + label_1 - 1.0) > 1e-6:
-        raise PrefkitError(
-            f"{where}: label_0 {label_0:g} + label_1 {label_1:g} != 1 "
-            "(1/0: sample 0 won, 0/1: sample 1 won, 0.5/0.5: a tie)"
-        )
 
 
 def _vote(rec: dict[str, Any], where: str, key_0: str, key_1: str, choice: str) -> Vote:

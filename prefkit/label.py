@@ -143,13 +143,16 @@ def _iter_images(folder: Path, keys: set[str] | None = None) -> Iterator[tuple[s
 
     from PIL import Image
 
+    from prefkit.fileio import reading
     from prefkit.shards import iter_samples
 
     for raw in iter_samples(folder, decode=False):
         if keys is not None and raw["__key__"] not in keys:
             continue
-        rec = json.loads(raw["json"])
-        yield raw["__key__"], Image.open(io.BytesIO(raw["png"])).convert("RGB"), rec["prompt"]
+        with reading(raw.get("__url__", folder)):  # a sample without its files, a json that is no record
+            rec = json.loads(raw["json"])
+            image, prompt = Image.open(io.BytesIO(raw["png"])).convert("RGB"), rec["prompt"]
+        yield raw["__key__"], image, prompt
 
 
 def judge_options(cfg: LabelConfig):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from prefkit.errors import PrefkitError
+from prefkit.fileio import parse_json, reading, remove_quietly
 from prefkit.shards import atomic_write_bytes
 
 LABELS_DIR = "labels"
@@ -133,7 +134,7 @@ def dataset_samples(folder: Path) -> dict[str, SampleInfo]:
 
     out: dict[str, SampleInfo] = {}
     for shard in finished_shards(folder):
-        with tarfile.open(shard) as tar:
+        with reading(shard), tarfile.open(shard) as tar:
             for member in tar:
                 if member.name.endswith(".json"):
                     rec = json.load(io.BytesIO(tar.extractfile(member).read()))
@@ -205,6 +206,33 @@ class VoteReport:
     skipped: int = 0
 
 
+def check_sample_key(key: str, samples: dict[str, SampleInfo], where: str) -> None:
+    if key not in samples:
+        raise PrefkitError(f"{where}: unknown sample key {key!r}: no such sample in the dataset")
+
+
+def check_pair_keys(key_0: str, key_1: str, samples: dict[str, SampleInfo], where: str) -> None:
+    """Both samples exist, differ and come from one prompt group: the checks of every pair, imported
+    (check_votes) or read back from a label set (read_pairs)."""
+    for key in (key_0, key_1):
+        check_sample_key(key, samples, where)
+    if key_0 == key_1:
+        raise PrefkitError(f"{where}: sample {key_0!r} is paired with itself")
+    if samples[key_0].group_id != samples[key_1].group_id:
+        raise PrefkitError(
+            f"{where}: {key_0!r} and {key_1!r} come from different prompts "
+            f"(groups {samples[key_0].group_id} and {samples[key_1].group_id}); pairs must share a prompt"
+        )
+
+
+def check_label_sum(label_0: float, label_1: float, where: str) -> None:
+    if abs(label_0 + label_1 - 1.0) > 1e-6:
+        raise PrefkitError(
+            f"{where}: label_0 {label_0:g} + label_1 {label_1:g} != 1 "
+            "(1/0: sample 0 won, 0/1: sample 1 won, 0.5/0.5: a tie)"
+        )
+
+
 def check_votes(votes: Sequence[Vote], samples: dict[str, SampleInfo], strict: bool = False) -> VoteReport:
     """Validate votes against the dataset; raise naming file and line. Duplicates are errors;
     contradictions are reported (and are errors with ``strict``)."""
@@ -212,16 +240,7 @@ def check_votes(votes: Sequence[Vote], samples: dict[str, SampleInfo], strict: b
     report = VoteReport()
     for v in votes:
         where = v.where or "input"
-        for key in (v.key_0, v.key_1):
-            if key not in samples:
-                raise PrefkitError(f"{where}: unknown sample key {key!r}: no such sample in the dataset")
-        if v.key_0 == v.key_1:
-            raise PrefkitError(f"{where}: sample {v.key_0!r} is paired with itself")
-        if samples[v.key_0].group_id != samples[v.key_1].group_id:
-            raise PrefkitError(
-                f"{where}: {v.key_0!r} and {v.key_1!r} come from different prompts "
-                f"(groups {samples[v.key_0].group_id} and {samples[v.key_1].group_id}); pairs must share a prompt"
-            )
+        check_pair_keys(v.key_0, v.key_1, samples, where)
         if v.choice not in CHOICES:
             raise PrefkitError(f"{where}: choice {v.choice!r} is not one of 0, 1, tie")
         c = v.canonical()
@@ -365,11 +384,11 @@ def check_name(folder: Path, name: str, overwrite: bool) -> None:
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
         raise PrefkitError(f"--name {name!r}: use letters, digits, '-' and '_' (it becomes a file name)")
-    existing = [p for p in label_paths(folder, name).values() if p.exists()]
-    if existing and not overwrite:
-        raise PrefkitError(
-            f"label set {name!r} exists ({existing[0]}); choose another --name or pass --overwrite"
-        )
+    # a set exists once its meta file does (written last, as `label stats` lists them): the pairs file of
+    # a run killed before that is an unfinished write, replaced by the next run
+    meta = label_paths(folder, name)["meta"]
+    if meta.exists() and not overwrite:
+        raise PrefkitError(f"label set {name!r} exists ({meta}); choose another --name or pass --overwrite")
 
 
 def write_label_set(
@@ -421,6 +440,8 @@ def write_label_set(
     # an overwritten set stops being complete before its files change, and a write that fails part-way
     # removes what it wrote: never a pairs file without its meta, nor an old meta over new pairs
     paths["meta"].unlink(missing_ok=True)
+    for stale in paths["pairs"].parent.glob(f".{name}.*.tmp-*"):  # temporary files of a killed write
+        remove_quietly(stale)
     if scores is None:
         paths["scores"].unlink(missing_ok=True)  # a stale scores file of an overwritten set
     written: list[Path] = []
@@ -445,25 +466,99 @@ def label_sets(folder: Path) -> list[str]:
     return sorted(p.name[: -len(".meta.json")] for p in d.glob("*.meta.json")) if d.is_dir() else []
 
 
-def read_pairs(folder: Path, name: str) -> list[dict[str, Any]]:
+def read_pairs(folder: Path, name: str, samples: dict[str, SampleInfo] | None = None) -> list[dict[str, Any]]:
+    """The pair records of a complete label set, each checked as the importer checks what it writes
+    (check_pair_record): a label set shipped inside a downloaded dataset is input from a stranger.
+    ``samples`` (dataset_samples of ``folder``) is read when not given."""
     paths = label_paths(folder, name)
     if not paths["meta"].is_file():
         raise PrefkitError(
             f"{folder}: no complete label set {name!r}; sets here: {', '.join(label_sets(folder)) or 'none'}"
         )
+    if samples is None:
+        samples = dataset_samples(folder)
+    out: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
+    try:
+        with open(paths["pairs"], "rb") as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    where = f"{paths['pairs']}:{i}"
+                    rec = check_pair_record(parse_json(line, where), samples, where)
+                    if rec["pair_id"] in seen:
+                        raise PrefkitError(
+                            f"{where}: pair {rec['pair_id']} is already given at {seen[rec['pair_id']]}"
+                        )
+                    seen[rec["pair_id"]] = where
+                    out.append(rec)
+    except FileNotFoundError:
+        raise PrefkitError(f"{paths['pairs']}: missing, but its label set's meta file is there") from None
+    return out
+
+
+def check_pair_record(rec: Any, samples: dict[str, SampleInfo], where: str) -> dict[str, Any]:
+    """One line of a label set, checked as write_label_set and check_votes check what the importer writes:
+    the schema (types, label_0 in [0, 1]), the samples (known, distinct, one prompt group), and the
+    derived fields (group_id, pair_id, canonical order, label_1 = 1 - label_0)."""
+    from prefkit.schemas import validate
+
+    if not isinstance(rec, dict):
+        raise PrefkitError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    validate(rec, "label", where)
+    k0, k1 = rec["key_0"], rec["key_1"]
+    check_pair_keys(k0, k1, samples, where)
+    if k0 > k1:
+        raise PrefkitError(
+            f"{where}: key_0 {k0!r} sorts after key_1 {k1!r}; a pair is stored with key_0 < key_1"
+        )
+    if rec["pair_id"] != f"{k0}__{k1}":
+        raise PrefkitError(f"{where}: pair_id {rec['pair_id']!r} is not key_0__key_1 ({k0}__{k1})")
+    if rec["group_id"] != samples[k0].group_id:
+        raise PrefkitError(
+            f"{where}: group_id {rec['group_id']}, but the samples are in group {samples[k0].group_id}"
+        )
+    check_label_sum(rec["label_0"], rec["label_1"], where)
+    return rec
+
+
+def read_scores(folder: Path, name: str, samples: dict[str, SampleInfo]) -> list[dict[str, Any]]:
+    """The per-sample score records of a label set, each checked against schemas/score.schema.json and the
+    dataset (a known sample key, its group, a finite score)."""
+    import math
+
+    from prefkit.schemas import validate
+
+    path = label_paths(folder, name)["scores"]
     out = []
-    with open(paths["pairs"], encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise PrefkitError(f"{paths['pairs']}, line {i}: not JSON ({exc.msg})") from None
+            if not line.strip():
+                continue
+            where = f"{path}:{i}"
+            rec = parse_json(line, where)
+            if not isinstance(rec, dict):
+                raise PrefkitError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+            validate(rec, "score", where)
+            check_sample_key(rec["key"], samples, where)
+            if rec["group_id"] is not None and rec["group_id"] != samples[rec["key"]].group_id:
+                raise PrefkitError(
+                    f"{where}: group_id {rec['group_id']}, but sample {rec['key']} is in group "
+                    f"{samples[rec['key']].group_id}"
+                )
+            if not math.isfinite(float(rec["score"])):
+                raise PrefkitError(f"{where}: score {rec['score']} is not finite")
+            out.append(rec)
     return out
 
 
 def read_meta(folder: Path, name: str) -> dict[str, Any]:
-    return json.loads(label_paths(folder, name)["meta"].read_text())
+    """A label set's meta record, checked against schemas/labelset.schema.json."""
+    from prefkit.schemas import validate
+
+    path = label_paths(folder, name)["meta"]
+    meta = parse_json(path.read_bytes(), str(path), whole_file=True)
+    validate(meta, "labelset", str(path))
+    return meta
 
 
 def now() -> str:

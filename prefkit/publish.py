@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from prefkit.errors import PrefkitError
+from prefkit.fileio import reading, remove_quietly, writing
 
 STAGING_DEFAULT = ".publish"
 MARKER = ".prefkit-publish"  # marks a staging folder prefkit may wipe and rebuild; never uploaded
@@ -125,7 +126,15 @@ def run_publish(cfg, api=None) -> dict[str, Any]:
         check_hub_access()  # before the (long) build: no token, no point
     folder = Path(cfg.dataset)
     staging = Path(cfg.staging) if cfg.staging else folder / STAGING_DEFAULT
-    summary = build_folder(folder, staging, cfg.repo_id, cfg.labels, cfg.val_fraction, cfg.seed, cfg.license)
+    try:
+        with writing(staging):  # a full disk or read-only staging folder: one error naming it
+            summary = build_folder(
+                folder, staging, cfg.repo_id, cfg.labels, cfg.val_fraction, cfg.seed, cfg.license
+            )
+    except BaseException:
+        for part in staging.rglob(".*.part"):  # parquet files being written when it failed
+            remove_quietly(part)
+        raise
     summary["uploaded"] = False
     if not cfg.dry_run:
         summary["commit"] = upload(staging, cfg.repo_id, cfg.private, api)
@@ -348,7 +357,7 @@ def _write_trajectories(shard: Path, samples: dict[str, dict[str, bytes]], out: 
     part = out / f".{shard.stem}.parquet.part"
     rows: list[dict[str, Any]] = []
     size = 0
-    with pq.ParquetWriter(part, schema) as writer:
+    with writing(out / f"{shard.stem}.parquet"), pq.ParquetWriter(part, schema) as writer:
         for key in sorted(samples):
             fields = samples[key]
             rec = json.loads(fields["json"])
@@ -443,10 +452,11 @@ def _write_parquet(
     done: set[int] = set()
     n_samples = 0
     for shard in shards:
-        samples = _shard_samples(shard)
-        n_samples += _write_trajectories(shard, samples, staging / "trajectories")
-        groups = {key: json.loads(f["json"])["group_id"] for key, f in samples.items()}
-        images = {key: jpeg_bytes(samples[key]["png"]) for key, g in groups.items() if g in by_group}
+        with reading(shard):
+            samples = _shard_samples(shard)
+            n_samples += _write_trajectories(shard, samples, staging / "trajectories")
+            groups = {key: json.loads(f["json"])["group_id"] for key, f in samples.items()}
+            images = {key: jpeg_bytes(samples[key]["png"]) for key, g in groups.items() if g in by_group}
         del samples
         for group in sorted(set(groups.values()) & by_group.keys()):
             for p in by_group[group]:

@@ -32,14 +32,20 @@ def _registry():
     return Registry(retrieve=refuse).with_resources(resources)
 
 
-def validate(record: Any, name: str, where: str = "record") -> None:
-    """Raise PrefkitError naming ``where`` and the failing key if ``record`` breaks schema ``name``."""
+@cache
+def _validator(name: str):
+    """One validator per schema: building it costs more than checking a record (label sets are read
+    record by record)."""
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(
+    return jsonschema.Draft202012Validator(
         load_schema(name), registry=_registry(), format_checker=jsonschema.FormatChecker()
     )
-    errors = sorted(validator.iter_errors(record), key=lambda e: list(e.absolute_path))
+
+
+def validate(record: Any, name: str, where: str = "record") -> None:
+    """Raise PrefkitError naming ``where`` and the failing key if ``record`` breaks schema ``name``."""
+    errors = sorted(_validator(name).iter_errors(record), key=lambda e: list(e.absolute_path))
     if errors:
         e = errors[0]
         key = "/".join(str(p) for p in e.absolute_path) or "(top level)"

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from prefkit.fileio import atomic_write_bytes, fsync_dir, removed_on_failure  # noqa: F401 (re-exported)
+
 SHARD_PATTERN = "shard-%06d.tar"
 SHARD_GLOB = "shard-*.tar"
 PARTIAL_DIR = ".partial"
@@ -68,26 +70,6 @@ def json_bytes(record: dict[str, Any]) -> bytes:
     return json.dumps(record, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync, rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def write_shard(folder: Path, index: int, samples: Iterable[dict[str, Any]]) -> Path:
     """Write one finished shard atomically: into ``.partial/``, fsync, then rename into ``folder``.
 
@@ -101,12 +83,14 @@ def write_shard(folder: Path, index: int, samples: Iterable[dict[str, Any]]) -> 
     partial.mkdir(parents=True, exist_ok=True)
     final = folder / (SHARD_PATTERN % index)
     tmp = partial / final.name
-    with open(tmp, "wb") as f:
+    with removed_on_failure(tmp, name=final), open(tmp, "wb") as f:
         # a fixed mtime makes a shard's bytes a function of its samples: regenerating is reproducible
         writer = wds.TarWriter(f, encoder=False, mtime=0.0)
-        for sample in samples:
-            writer.write(sample)
-        writer.close()
+        try:
+            for sample in samples:
+                writer.write(sample)
+        finally:  # also after a failed write: an unclosed tar stream writes to the closed file when collected
+            writer.close()
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, final)
@@ -153,11 +137,13 @@ def iter_samples(folder_or_shards, decode: bool = True) -> Iterator[dict[str, An
         shards = list(folder_or_shards)
     if not shards:
         return
-    ds = wds.WebDataset(
-        [str(s) for s in shards], shardshuffle=False, empty_check=False, nodesplitter=_all_shards
-    )
-    for raw in ds:
-        yield decode_sample(raw) if decode else raw
+    from prefkit.fileio import reading
+
+    for shard in shards:  # one at a time, so that an error names the shard
+        ds = wds.WebDataset([str(shard)], shardshuffle=False, empty_check=False, nodesplitter=_all_shards)
+        with reading(shard):
+            for raw in ds:
+                yield decode_sample(raw) if decode else raw
 
 
 def _all_shards(src):
@@ -165,10 +151,17 @@ def _all_shards(src):
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
+    from prefkit.errors import PrefkitError
+    from prefkit.fileio import parse_json
+
     path = Path(folder) / MANIFEST
     try:
-        return json.loads(path.read_text())
+        manifest = parse_json(path.read_bytes(), str(path), whole_file=True)
     except FileNotFoundError:
-        from prefkit.errors import PrefkitError
-
         raise PrefkitError(f"{path}: no manifest; is this a folder written by `prefkit generate`?") from None
+    if not isinstance(manifest, dict):
+        raise PrefkitError(
+            f"{path}: a manifest is a JSON object, not a {type(manifest).__name__}; "
+            "this folder was not written by `prefkit generate` (or the file is damaged)"
+        )
+    return manifest

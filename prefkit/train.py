@@ -37,6 +37,7 @@ import torch
 
 from prefkit.config import TrainConfig
 from prefkit.errors import PrefkitError
+from prefkit.fileio import append_line, atomic_write_bytes, reading, removed_on_failure
 from prefkit.losses import (
     d3po_loss,
     dense_dpo_loss,
@@ -45,7 +46,7 @@ from prefkit.losses import (
     sample_dense_steps,
     soft_label_weight,
 )
-from prefkit.shards import SHARD_PATTERN, atomic_write_bytes, group_key, iter_samples, npy_load, read_manifest
+from prefkit.shards import SHARD_PATTERN, group_key, iter_samples, npy_load, read_manifest
 
 OBJECTIVES = ("d3po", "dense", "diffusion-dpo", "ddpo", "tdpo")
 # objectives that train on per-sample scalar scores (prefkit.train_rewards) rather than on pairs
@@ -134,7 +135,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 
 def load_train_pairs(folder: Path, labels: str | None, groups_per_shard: int) -> tuple[list[TrainPair], dict]:
     """Decided pairs of the chosen label set(s); several sets are merged by averaging label_0 per pair."""
-    from prefkit.labels import label_sets, read_pairs
+    from prefkit.labels import dataset_samples, label_sets, read_pairs
 
     available = label_sets(folder)
     if labels is None:
@@ -147,8 +148,9 @@ def load_train_pairs(folder: Path, labels: str | None, groups_per_shard: int) ->
     else:
         names = [n.strip() for n in labels.split(",") if n.strip()]
     merged: dict[str, list[dict]] = {}
+    samples = dataset_samples(folder)  # every record is checked against the dataset's samples
     for name in names:
-        for rec in read_pairs(folder, name):
+        for rec in read_pairs(folder, name, samples):
             if rec["has_label"]:
                 merged.setdefault(rec["pair_id"], []).append(rec)
     pairs, ties = [], 0
@@ -252,17 +254,21 @@ class ShardCache:
     def get(self, shard: int, key: str) -> dict[str, Any]:
         if shard != self.index:
             self.samples = {}
-            for k, latents, logprobs, record in self._read(shard):
-                self.samples[k] = {
-                    "latents": torch.from_numpy(npy_load(latents)),
-                    "logprobs": torch.from_numpy(npy_load(logprobs)),
-                    "record": json.loads(record),
-                }
+            with reading(self.folder / (SHARD_PATTERN % shard)):
+                self._load(shard)
             self.index = shard
         try:
             return self.samples[key]
         except KeyError:
             raise PrefkitError(f"{self.folder}: sample {key} is labelled but not in shard {shard}") from None
+
+    def _load(self, shard: int) -> None:
+        for k, latents, logprobs, record in self._read(shard):
+            self.samples[k] = {
+                "latents": torch.from_numpy(npy_load(latents)),
+                "logprobs": torch.from_numpy(npy_load(logprobs)),
+                "record": json.loads(record),
+            }
 
 
 class PublishedShardCache(ShardCache):
@@ -595,15 +601,35 @@ def setup_run(cfg: TrainConfig, out: Path, accelerator, pipe, family) -> Run:
     state = {"step": 0, "micro_batch": 0}
     if cfg.resume and (latest := latest_checkpoint(out)) is not None:
         state = load_checkpoint(latest, denoiser, optimizer, lr_sched)
-        if accelerator.is_main_process and (out / "metrics.jsonl").is_file():
-            # drop the lines logged after that checkpoint
-            kept = [
-                ln
-                for ln in (out / "metrics.jsonl").read_text().splitlines()
-                if json.loads(ln)["step"] <= state["step"]
-            ]
-            atomic_write_bytes(out / "metrics.jsonl", "".join(ln + "\n" for ln in kept).encode())
+    if cfg.resume and accelerator.is_main_process:
+        # a run killed before its first checkpoint restarts from step 0: its metrics go too
+        truncate_metrics(out / "metrics.jsonl", state["step"])
     return Run(cfg, out, accelerator, pipe, family, denoiser, net, params, optimizer, lr_sched, state)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the metrics lines of steps <= ``step`` (the checkpoint a resumed run starts from). A last line
+    torn by a kill or a full disk (no newline, not JSON) is dropped; damage elsewhere is an error."""
+    from prefkit.fileio import parse_json
+
+    if not path.is_file():
+        return
+    lines = path.read_bytes().split(b"\n")
+    kept = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = parse_json(line, f"{path}:{i}")
+            if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+                raise PrefkitError(f"{path}:{i}: not a metrics record (an object with an integer 'step')")
+        except PrefkitError as exc:
+            if i == len(lines):  # the torn end of an interrupted append: no newline after it
+                break
+            raise PrefkitError(f"{exc}; remove the damaged line(s) or the file to resume") from None
+        if rec["step"] <= step:
+            kept.append(line.decode("utf-8") + "\n")
+    atomic_write_bytes(path, "".join(kept).encode())
 
 
 def begin_outputs(run: Run) -> None:
@@ -682,8 +708,7 @@ def train_loop(run: Run, pairs: list, step, unit: str = "pairs") -> dict[str, An
                 "epoch": (state["micro_batch"] * per_step) // epoch_len,
             }
             if main:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(last) + "\n")
+                append_line(metrics_path, json.dumps(last))
             if cfg.log_with:
                 accelerator.log({k: v for k, v in last.items() if v is not None}, step=state["step"])
             shown = (
@@ -736,7 +761,9 @@ def finish_run(run: Run, summary: dict) -> dict[str, Any] | None:
     recent = None
     if run.accelerator.is_main_process:
         recent = summary["recent"] = recent_means(run.out / "metrics.jsonl", SUMMARY_WINDOW)
-        save_lora(run.pipe, run.denoiser, run.out / "lora")
+        lora = run.out / "lora"
+        with removed_on_failure(lora):
+            save_lora(run.pipe, run.denoiser, lora)
         atomic_write_bytes(run.out / "summary.json", json.dumps(summary, indent=2).encode())
     run.accelerator.wait_for_everyone()
     if run.cfg.log_with:
@@ -1007,26 +1034,37 @@ def save_checkpoint(
     import os
     import shutil
 
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     final = out / f"checkpoint-{state['step']}"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         tmp = out / f".checkpoint-{state['step']}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_lora(pipe, denoiser, tmp)
-        save_file(lora_state(denoiser), str(tmp / "lora_peft.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(lr_sched.state_dict(), tmp / "scheduler.pt")
-        torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
-        if extras:
-            torch.save({name: obj.state_dict() for name, obj in extras.items()}, tmp / "extras.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps(state))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        with removed_on_failure(tmp, name=final):
+            tmp.mkdir(parents=True)
+            save_lora(pipe, denoiser, tmp)
+            (tmp / "lora_peft.safetensors").write_bytes(save(lora_state(denoiser)))
+            # serialised in memory, then written: torch.save's zip writer reports a full disk as
+            # "unexpected pos", while write() raises ENOSPC, which names the cause
+            _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
+            _torch_save(lr_sched.state_dict(), tmp / "scheduler.pt")
+            _torch_save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+            if extras:
+                _torch_save({name: obj.state_dict() for name, obj in extras.items()}, tmp / "extras.pt")
+            (tmp / "trainer_state.json").write_text(json.dumps(state))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
     accelerator.wait_for_everyone()
     return final
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    path.write_bytes(buf.getbuffer())
 
 
 def load_checkpoint(folder: Path, denoiser, optimizer, lr_sched) -> dict:

@@ -27,7 +27,6 @@ Per step k of a trained sample (A its advantage):
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,7 @@ def load_scored_samples(
     folder: Path, cfg: TrainConfig, groups_per_shard: int
 ) -> tuple[list[TrainSample], dict[str, Any]]:
     """The samples of ONE label set's per-sample scores, with their advantages."""
-    from prefkit.labels import dataset_samples, label_paths, label_sets, read_meta
+    from prefkit.labels import dataset_samples, label_paths, label_sets, read_meta, read_scores
 
     available = label_sets(folder)
     names = [n.strip() for n in cfg.labels.split(",") if n.strip()] if cfg.labels else available
@@ -78,18 +77,9 @@ def load_scored_samples(
             "(`prefkit label DATASET --source jpeg|aesthetic|pickscore|llava|python:module:function`)"
         )
     samples = dataset_samples(folder)
-    keys, scores = [], []
-    with open(paths["scores"], encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            if rec["key"] not in samples:
-                raise PrefkitError(f"{paths['scores']}, line {i}: sample {rec['key']} is not in the dataset")
-            if not math.isfinite(float(rec["score"])):
-                raise PrefkitError(f"{paths['scores']}, line {i}: score {rec['score']} is not finite")
-            keys.append(rec["key"])
-            scores.append(float(rec["score"]))
+    records = read_scores(folder, name, samples)  # each checked against the schema and the dataset
+    keys = [rec["key"] for rec in records]
+    scores = [float(rec["score"]) for rec in records]
     if len(keys) < 2:
         raise PrefkitError(f"{paths['scores']}: {len(keys)} scored sample(s); advantages need at least 2")
     prompts = [samples[k].prompt for k in keys]

@@ -393,7 +393,15 @@ def test_tie_margin_defaults_to_the_training_labels(tmp_path):
     labels.mkdir()
 
     def meta(name, source, margin):
-        (labels / f"{name}.meta.json").write_text(json.dumps({"source": source, "tie_margin": margin}))
+        # a complete meta record: eval checks each against schemas/labelset.schema.json
+        counts = dict.fromkeys(("pairs", "ties", "decided", "unlabelled", "votes"), 0) | {
+            "scored_samples": None
+        }
+        agreement = {"items_with_2plus_votes": 0, "annotators": 0, "percent_agreement": None,
+                     "krippendorff_alpha": None}  # fmt: skip
+        record = {"name": name, "prefkit_version": "0", "created_at": "2026-01-01T00:00:00Z", "source": source,
+                  "tie_margin": margin, "counts": counts, "agreement": agreement}  # fmt: skip
+        (labels / f"{name}.meta.json").write_text(json.dumps(record))
 
     meta("a", "shapes", 0.01)
     origin = Origin(lora=tmp_path / "lora", run=tmp_path, train={"labels": "a"}, folder=tmp_path)
