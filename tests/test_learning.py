@@ -84,7 +84,11 @@ def _invoke(args: list) -> None:
     assert res.exit_code == 0, res.output
 
 
-def test_preference_rule_is_learned(tiny_models, scorer_module, tmp_path):
+@pytest.mark.parametrize(
+    "mixed_precision", ["no", pytest.param("bf16", marks=pytest.mark.slow)], ids=["float32", "bf16"]
+)
+@pytest.mark.usefixtures("fresh_accelerator")
+def test_preference_rule_is_learned(tiny_models, scorer_module, tmp_path, mixed_precision):
     from prefkit.pipeline import family_of, load_pipeline
     from prefkit.sampling import SamplerSettings, sample
 
@@ -108,6 +112,7 @@ def test_preference_rule_is_learned(tiny_models, scorer_module, tmp_path):
                 max_steps=30,
                 batch_size=8,
                 seed=0,
+                mixed_precision=mixed_precision,
                 quiet=True,
             )
         )
@@ -137,6 +142,7 @@ def test_preference_rule_is_learned(tiny_models, scorer_module, tmp_path):
         f"base {base.mean():.3f} (sd {base.std():.3f}, other seeds {base_other.mean():.3f}); "
         + "; ".join(f"{r}: {m:+.3f} +- {se:.3f} (t {t:+.1f})" for r, (m, se, t) in effects.items())
     )
+    print(f"{mixed_precision}: {summary}")
     up, down = effects["brighter"], effects["darker"]
     # each LoRA moves brightness its own rule's way, far outside the paired noise
     assert up[2] > T_MIN, summary

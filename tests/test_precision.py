@@ -24,17 +24,6 @@ from prefkit.train import run_train
 pytestmark = pytest.mark.usefixtures("one_thread", "fresh_accelerator")
 
 
-@pytest.fixture
-def fresh_accelerator():
-    """accelerate keeps one AcceleratorState per process, fixed by the first Accelerator's mixed precision:
-    forget it around each test, so that float32 and bfloat16 runs can share this process."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state()
-    yield
-    AcceleratorState._reset_state()
-
-
 def _data(cli, model: str, out: Path, *extra) -> Path:
     args = ["generate", "--out", out, "--model", model, "--samples-per-prompt", 3, "--steps", 4]
     args += ["--height", 16, "--width", 16, "--store-embeddings", "-q", *extra]

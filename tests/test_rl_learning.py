@@ -48,13 +48,17 @@ def scorer_module():
     return "prefkit_test_scorers"  # tests/prefkit_test_scorers.py, shared with test_eval
 
 
-def test_two_rounds_of_ddpo_raise_the_score(tiny_models, scorer_module, tmp_path):
+@pytest.mark.parametrize(
+    "mixed_precision", ["no", pytest.param("bf16", marks=pytest.mark.slow)], ids=["float32", "bf16"]
+)
+@pytest.mark.usefixtures("fresh_accelerator")
+def test_two_rounds_of_ddpo_raise_the_score(tiny_models, scorer_module, tmp_path, mixed_precision):
     from prefkit.pipeline import family_of, load_pipeline
     from prefkit.sampling import SamplerSettings, sample
 
     model = tiny_models["sd3"]
     train_cfg = tmp_path / "train.yaml"
-    train_cfg.write_text("clip-range: 0.01\ncheckpoint-every: 0\n")
+    train_cfg.write_text(f"clip-range: 0.01\ncheckpoint-every: 0\nmixed-precision: {mixed_precision}\n")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -112,6 +116,7 @@ def test_two_rounds_of_ddpo_raise_the_score(tiny_models, scorer_module, tmp_path
         + "; ".join(f"{r}: {m:+.3f} +- {se:.3f} (t {t:+.1f})" for r, (m, se, t) in effects.items())
         + f"; rounds' mean scores {rounds}"
     )
+    print(f"{mixed_precision}: {summary}")
     up = effects["brighter"]
     # the reward went up on held-out prompts, far outside the paired noise and the seed-set noise
     assert up[2] > T_MIN and up[0] > 3 * seed_noise, summary
