@@ -154,14 +154,23 @@ def test_old_policy_live_in_float32_gives_ratio_exactly_one(data, tmp_path, monk
         assert torch.equal(lp_theta, lp_old)
 
 
-def test_model_dtype_bfloat16_trains_every_objective(tiny_models, tmp_path, cli, monkeypatch):
-    ds = _data(cli, tiny_models["sd3"], tmp_path / "ds", "--dtype", "bfloat16")
-    calls = _spy(monkeypatch, prefkit.train_rewards, "ddpo_loss")
-    summary = _train(ds, tmp_path / "ddpo", objective="ddpo")
-    print(f"ddpo model bfloat16: {summary['stored_lp_check']}")
-    assert summary["old_policy"] == "live" and summary["stored_lp_check"]["precision"] == "bfloat16"
-    for lp_theta, lp_old, *_ in calls:
-        assert torch.equal(lp_theta, lp_old)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_model_trains_every_objective(tiny_models, tmp_path, cli, monkeypatch, dtype):
+    """A dataset generated in bfloat16 / float16 (the model runs in it): no objective is refused, the ratios
+    are exactly 1 at the first update, and the stored paths are replaced by live ones."""
+    ds = _data(cli, tiny_models["sd3"], tmp_path / "ds", "--dtype", dtype)
+    for objective in ("ddpo", "tdpo"):
+        calls = _spy(monkeypatch, prefkit.train_rewards, "ddpo_loss")
+        summary = _train(ds, tmp_path / objective, objective=objective)
+        print(f"{objective} model {dtype}: {summary['stored_lp_check']}")
+        assert summary["old_policy"] == "live" and summary["stored_lp_check"]["precision"] == dtype
+        assert calls
+        for lp_theta, lp_old, *_ in calls:
+            assert torch.equal(torch.exp(lp_theta - lp_old), torch.ones_like(lp_theta))
     for objective in ("d3po", "dense"):
+        loss = "d3po_loss" if objective == "d3po" else "dense_dpo_loss"
+        calls = _spy(monkeypatch, prefkit.train, loss)
         summary = _train(ds, tmp_path / objective, objective=objective, reference="stored")
         assert summary["reference"] == "live"
+        for lp_w, ref_w, lp_l, ref_l, *_ in calls:
+            assert torch.equal(lp_w, ref_w) and torch.equal(lp_l, ref_l)
