@@ -500,43 +500,22 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         if step.critic is not None:
             summary["critic_neurons_reset"] = step.neurons_reset
     else:
-        step_cfg = cfg  # config.yaml keeps the reference asked for; the steps use the one chosen
         if cfg.reference == "stored":
             check = verify_stored_reference(
-                family,
-                run.denoiser,
-                schedule,
-                sampler,
-                pairs,
-                cache,
-                embeds,
-                manifest,
-                model,
-                accelerator,
-                cfg,
+                family, run.denoiser, schedule, sampler, pairs, cache, embeds, manifest, model, accelerator
             )
             summary["stored_lp_check"] = check.to_dict()
-            if not check.exact:
-                step_cfg = dataclasses.replace(cfg, reference="live")
+            if not check.exact:  # the steps use the live reference; config.yaml (run.cfg) keeps "stored"
+                cfg = dataclasses.replace(cfg, reference="live")
         begin_outputs(run)
 
         def step(batch, sync: bool) -> dict:
             return micro_batch(
-                step_cfg,
-                family,
-                run.denoiser,
-                run.net,
-                accelerator,
-                schedule,
-                sampler,
-                batch,
-                cache,
-                embeds,
-                sync,
+                cfg, family, run.denoiser, run.net, accelerator, schedule, sampler, batch, cache, embeds, sync
             )
 
         last = train_loop(run, pairs, step)
-        summary["reference"] = step_cfg.reference
+        summary["reference"] = cfg.reference
     if cfg.init_lora:
         summary["init_lora"] = str(Path(cfg.init_lora).expanduser().resolve())
     finish_run(run, {"final": last, **summary})
@@ -922,7 +901,7 @@ class EmbeddingStore:
 
 
 def verify_stored_reference(
-    family, denoiser, schedule, sampler, pairs, cache, embeds, manifest, model, accelerator, cfg
+    family, denoiser, schedule, sampler, pairs, cache, embeds, manifest, model, accelerator
 ):
     """--reference stored: the stored lp must BE the reference's -- same model, scheduler, guidance and
     negative prompt, no LoRA at sampling (else refused) -- and a live recomputation of a few transitions
@@ -956,7 +935,7 @@ def verify_stored_reference(
         p = pairs[0]
         precision = coarser(
             manifest["model"]["dtype"],
-            compute_precision(family.dtype, cfg.mixed_precision, accelerator.device),
+            compute_precision(family.dtype, accelerator.mixed_precision, accelerator.device),
         )
         samples = [cache.get(p.shard, key) for key in (p.key_w, p.key_l)]
         check = check_stored_lp(
