@@ -350,7 +350,9 @@ class TrainConfig:
         None, "Negative prompt inside the log-prob (default and required: the dataset's)."
     )
     force: bool = field(
-        False, "Train even when --guidance / --negative-prompt / --model differ from the dataset's."
+        False,
+        "Train even when --guidance / --negative-prompt / --model differ from the dataset's (ddpo, tdpo: or "
+        "the stored lp differ from the sampling policy's beyond rounding; the old policy is then live).",
     )
     log_with: str | None = field(
         None, "Also log to accelerate trackers: tensorboard, wandb (comma-separated)."
