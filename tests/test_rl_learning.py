@@ -60,7 +60,7 @@ def test_two_rounds_of_ddpo_raise_the_score(tiny_models, scorer_module, tmp_path
 
     model = tiny_models["sd3"]
     train_cfg = tmp_path / "train.yaml"
-    train_cfg.write_text(f"clip-range: 0.01\ncheckpoint-every: 0\nmixed-precision: {mixed_precision}\n")
+    train_cfg.write_text(f"clip-range: 0.01\ncheckpoint-every: 0\nmixed-precision: '{mixed_precision}'\n")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
