@@ -224,6 +224,7 @@ def train(
     labels: Annotated[str | None, typer.Option("--labels", help=_t("labels"), show_default=False)] = None,
     model: Annotated[str | None, typer.Option("--model", help=_t("model"), show_default=False)] = None,
     reference: Annotated[str, typer.Option("--reference", help=_t("reference"))] = TrainConfig.reference,
+    old_policy: Annotated[str, typer.Option("--old-policy", help=_t("old_policy"))] = TrainConfig.old_policy,
     beta: Annotated[float | None, typer.Option("--beta", help=_t("beta"), show_default=False)] = None,
     eps: Annotated[float, typer.Option("--eps", help=_t("eps"))] = TrainConfig.eps,
     gamma: Annotated[float, typer.Option("--gamma", help=_t("gamma"))] = TrainConfig.gamma,

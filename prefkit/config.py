@@ -263,8 +263,19 @@ class TrainConfig:
     )
     reference: str = field(
         "live",
-        "Reference log-probs: live (base model, adapters disabled) or stored (from sampling). ddpo/tdpo "
-        "always use the stored lp as the old policy; their --kl-coef reference is live.",
+        "Reference log-probs: live (base model, adapters disabled; one gradient-free forward per trained "
+        "step, exact in any precision) or stored (from sampling; no extra forward, used only where the "
+        "start-up check finds them exact, i.e. float32: in lower precision live is used, with a note). "
+        "ddpo/tdpo: see --old-policy; their --kl-coef reference is live.",
+    )
+    old_policy: str = field(
+        "auto",
+        "ddpo, tdpo: the importance ratio's old policy (the sampling policy: the base model, or the "
+        "--init-lora adapter kept frozen). live: recomputed in the training micro-batch in the policy's "
+        "own precision (one gradient-free forward per trained step, shared with --kl-coef's when there is "
+        "no --init-lora; ratio exactly 1 at the first update); stored: the lp recorded at sampling (no "
+        "extra forward; off by the rounding of sampling vs training); auto: stored when the start-up check "
+        "finds them exact (float32), else live.",
     )
     beta: float | None = field(
         None,
@@ -339,7 +350,9 @@ class TrainConfig:
         None, "Negative prompt inside the log-prob (default and required: the dataset's)."
     )
     force: bool = field(
-        False, "Train even when --guidance / --negative-prompt / --model differ from the dataset's."
+        False,
+        "Train even when --guidance / --negative-prompt / --model differ from the dataset's (ddpo, tdpo: or "
+        "the stored lp differ from the sampling policy's beyond rounding; the old policy is then live).",
     )
     log_with: str | None = field(
         None, "Also log to accelerate trackers: tensorboard, wandb (comma-separated)."

@@ -39,3 +39,11 @@ class progress:  # noqa: N801 - used as a context manager like a function
         if self.enabled:
             self.bar.stop()
         return False
+
+
+def note(main: bool, text: str) -> None:
+    """One line to stderr on the main process: a decision the user should know about (not a progress)."""
+    if main:
+        import sys
+
+        print(f"prefkit: note: {text}", file=sys.stderr, flush=True)

@@ -58,7 +58,7 @@ RESUME_KEYS = (
     "dataset objective labels model reference beta eps gamma clip steps_per_pair timestep_fraction lr "
     "weight_decay adam_beta1 adam_beta2 lr_schedule warmup_steps max_grad_norm batch_size grad_accum "
     "lora_rank lora_alpha lora_dropout lora_targets mixed_precision seed guidance negative_prompt resolution "
-    "clip_range adv_clip min_prompt_count score_function kl_coef critic_lr critic_reset_every init_lora"
+    "clip_range adv_clip min_prompt_count score_function kl_coef critic_lr critic_reset_every init_lora old_policy"
 ).split()
 
 
@@ -89,6 +89,8 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise PrefkitError(f"--objective {cfg.objective}: choose {' or '.join(OBJECTIVES)}")
     if cfg.reference not in ("live", "stored"):
         raise PrefkitError(f"--reference {cfg.reference}: choose live or stored")
+    if cfg.old_policy not in ("auto", "stored", "live"):
+        raise PrefkitError(f"--old-policy {cfg.old_policy}: choose auto, stored or live")
     if cfg.mixed_precision not in ("no", "fp16", "bf16"):
         raise PrefkitError(f"--mixed-precision {cfg.mixed_precision}: choose no, fp16 or bf16")
     if cfg.lr_schedule not in ("constant", "linear", "cosine"):
@@ -494,18 +496,23 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         from prefkit.train_rewards import RewardStep
 
         step = RewardStep(cfg, run, family, schedule, sampler, cache, embeds, pairs)
-        step.verify_start(pairs)
+        check = step.choose_old_policy(pairs)
         begin_outputs(run)
         last = train_loop(run, pairs, step, unit="samples")
         step.save(out)
-        summary.update(reference="stored", objective=cfg.objective)
+        old_policy = "live" if step.old_live else "stored"
+        summary.update(reference=old_policy, old_policy=old_policy, objective=cfg.objective)
+        summary["stored_lp_check"] = check.to_dict()
         if step.critic is not None:
             summary["critic_neurons_reset"] = step.neurons_reset
     else:
         if cfg.reference == "stored":
-            verify_stored_reference(
+            check = verify_stored_reference(
                 family, run.denoiser, schedule, sampler, pairs, cache, embeds, manifest, model, accelerator
             )
+            summary["stored_lp_check"] = check.to_dict()
+            if not check.exact:  # the steps use the live reference; config.yaml (run.cfg) keeps "stored"
+                cfg = dataclasses.replace(cfg, reference="live")
         begin_outputs(run)
 
         def step(batch, sync: bool) -> dict:
@@ -951,17 +958,19 @@ class EmbeddingStore:
 def verify_stored_reference(
     family, denoiser, schedule, sampler, pairs, cache, embeds, manifest, model, accelerator
 ):
-    """--reference stored is allowed only if the stored lp IS the reference's: same model, scheduler,
-    guidance, negative prompt and precision -- and a live recomputation on a few transitions agrees."""
-    from prefkit.logprob import gaussian_logprob
-    from prefkit.sampling import encode, step_distribution
+    """--reference stored: the stored lp must BE the reference's -- same model, scheduler, guidance and
+    negative prompt, no LoRA at sampling (else refused) -- and a live recomputation of a few transitions
+    must agree within the precision's rounding (prefkit.stored_lp; else refused). Returns the measurement:
+    where it is not exact (a precision below float32) the caller trains with the live reference, which
+    is exact in any precision, and a one-line note says so."""
+    from prefkit.progress import note
+    from prefkit.sampling import encode
+    from prefkit.stored_lp import check_stored_lp, coarser, compute_precision
 
     s = manifest["settings"]
     problems = []
     if model != s["model"]:
         problems.append(f"model {model} != dataset's {s['model']}")
-    if str(family.dtype).replace("torch.", "") != manifest["model"]["dtype"]:
-        problems.append(f"precision {family.dtype} != dataset's {manifest['model']['dtype']}")
     if type(family.pipe.scheduler).__name__ != manifest["model"]["scheduler"]:
         problems.append(
             f"scheduler {type(family.pipe.scheduler).__name__} != dataset's {manifest['model']['scheduler']}"
@@ -970,30 +979,45 @@ def verify_stored_reference(
         problems.append("guidance or negative prompt differ from the dataset's")
     if s.get("lora"):
         problems.append(f"the dataset was sampled with a LoRA ({s['lora']}), not by the base model")
+    check = None
     if not problems:
+
+        def conditioning(samples):
+            if embeds:
+                return embeds.conditioning([smp["record"]["group_id"] for smp in samples])
+            return encode(family, [smp["record"]["prompt"] for smp in samples], sampler)
+
         p = pairs[0]
-        worst = 0.0
-        for key in (p.key_w, p.key_l):
-            smp = cache.get(p.shard, key)
-            cond = (
-                embeds.conditioning([smp["record"]["group_id"]])
-                if embeds
-                else encode(family, [smp["record"]["prompt"]], sampler)
-            )
-            chain = smp["latents"].float()[None]
-            for k in sorted({0, schedule.num_steps // 2, schedule.num_steps - 1}):
-                with torch.no_grad(), reference_mode(denoiser), accelerator.autocast():
-                    d = step_distribution(family, chain[:, k].to(family.device), k, schedule, cond, sampler)
-                lp = gaussian_logprob(chain[:, k + 1].to(family.device), d.mean, d.std)
-                worst = max(worst, abs(float(lp) - float(smp["logprobs"][k])))
-        if worst > 1e-4:
+        precision = coarser(
+            manifest["model"]["dtype"],
+            compute_precision(family.dtype, accelerator.mixed_precision, accelerator.device),
+        )
+        samples = [cache.get(p.shard, key) for key in (p.key_w, p.key_l)]
+        check = check_stored_lp(
+            family,
+            schedule,
+            sampler,
+            samples,
+            conditioning,
+            precision,
+            accelerator.autocast,
+            lambda: reference_mode(denoiser),
+        )
+        if not check.consistent:
             problems.append(
-                f"a live recomputation of the reference lp differs from the stored lp by {worst:.2e}"
+                f"a live recomputation of the reference lp differs beyond rounding: {check.describe()}"
             )
     if problems:
         raise PrefkitError(
             "--reference stored refused: " + "; ".join(problems) + ". Use --reference live (the default)."
         )
+    if not check.exact:
+        note(
+            accelerator.is_main_process,
+            f"--reference stored: the stored lp are not exact in {check.precision} ({check.describe()}); "
+            "training with --reference live (one gradient-free forward per step, exact in any precision)",
+        )
+    return check
 
 
 # -- checkpoints --------------------------------------------------------------------------------------

@@ -34,6 +34,17 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def fresh_accelerator():
+    """accelerate keeps one AcceleratorState per process, fixed by the first Accelerator's mixed precision:
+    forget it around a test, so that float32 and bfloat16 training runs can share one pytest process."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, str]:
     """{"ddim": sd15 folder, "sd3": folder, "flux": folder}: diffusers folders saved with save_pretrained."""
