@@ -138,18 +138,16 @@ def _import_human(cfg: LabelConfig, samples: dict[str, SampleInfo]) -> tuple[lis
 
 def _iter_images(folder: Path, keys: set[str] | None = None) -> Iterator[tuple[str, Any, str]]:
     """(key, PIL image, prompt) of every sample, in shard order, decoding only the PNG and JSON."""
-    import io
     import json
 
-    from PIL import Image
+    from prefkit.shards import iter_samples, load_png, shard_spec
 
-    from prefkit.shards import iter_samples
-
-    for raw in iter_samples(folder, decode=False):
+    spec = shard_spec(folder)
+    for raw in iter_samples(folder, decode=False, fields=["png", "json"]):
         if keys is not None and raw["__key__"] not in keys:
             continue
         rec = json.loads(raw["json"])
-        yield raw["__key__"], Image.open(io.BytesIO(raw["png"])).convert("RGB"), rec["prompt"]
+        yield raw["__key__"], load_png(raw["png"], spec, f"{folder}: {raw['__key__']}.png"), rec["prompt"]
 
 
 def judge_options(cfg: LabelConfig):

@@ -45,7 +45,15 @@ from prefkit.losses import (
     sample_dense_steps,
     soft_label_weight,
 )
-from prefkit.shards import SHARD_PATTERN, atomic_write_bytes, group_key, iter_samples, npy_load, read_manifest
+from prefkit.shards import (
+    SHARD_PATTERN,
+    atomic_write_bytes,
+    group_key,
+    iter_samples,
+    load_array,
+    read_manifest,
+    shard_spec,
+)
 
 OBJECTIVES = ("d3po", "dense", "diffusion-dpo", "ddpo", "tdpo")
 # objectives that train on per-sample scalar scores (prefkit.train_rewards) rather than on pairs
@@ -239,23 +247,34 @@ def epoch_order(pairs: list[TrainPair], seed: int, epoch: int) -> list[TrainPair
 
 
 class ShardCache:
-    """Samples of the shard in use (latents, lp, timesteps, sigmas, prompt); one shard at a time."""
+    """Samples of the shard in use (latents, lp, timesteps, sigmas, prompt); one shard at a time. Every array
+    is checked against the dataset's manifest (dtype, shape, no pickle) as it is loaded."""
 
     def __init__(self, folder: Path):
         self.folder, self.index, self.samples = folder, None, {}
+        self.spec = shard_spec(self._manifest_folder())
+
+    def _manifest_folder(self) -> Path:
+        return self.folder
 
     def _read(self, shard: int):
         """(key, latents .npy bytes, logprobs .npy bytes, json) of every sample of a shard."""
-        for s in iter_samples([self.folder / (SHARD_PATTERN % shard)], decode=False):
+        path = self.folder / (SHARD_PATTERN % shard)
+        for s in iter_samples([path], decode=False, fields=["latents.npy", "logprobs.npy", "json"]):
             yield s["__key__"], s["latents.npy"], s["logprobs.npy"], s["json"]
 
     def get(self, shard: int, key: str) -> dict[str, Any]:
         if shard != self.index:
             self.samples = {}
+            where = f"{self.folder}: shard {shard}"
             for k, latents, logprobs, record in self._read(shard):
                 self.samples[k] = {
-                    "latents": torch.from_numpy(npy_load(latents)),
-                    "logprobs": torch.from_numpy(npy_load(logprobs)),
+                    "latents": torch.from_numpy(
+                        load_array(latents, self.spec, "latents.npy", f"{where}, {k}")
+                    ),
+                    "logprobs": torch.from_numpy(
+                        load_array(logprobs, self.spec, "logprobs.npy", f"{where}, {k}")
+                    ),
                     "record": json.loads(record),
                 }
             self.index = shard
@@ -268,6 +287,9 @@ class ShardCache:
 class PublishedShardCache(ShardCache):
     """ShardCache of a published folder: trajectories/shard-XXXXXX.parquet, one row per sample, the
     WebDataset fields' bytes unchanged (prefkit.publish)."""
+
+    def _manifest_folder(self) -> Path:
+        return self.folder / "trajectories"
 
     def _read(self, shard: int):
         import pyarrow.parquet as pq
