@@ -32,6 +32,7 @@ import math
 import os
 import re
 import tarfile
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,7 +322,9 @@ def load_png(data: bytes, spec: ShardSpec, where: str):
     from prefkit.errors import PrefkitError
 
     try:
-        image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # the size is checked here, below PIL's own bomb limit too
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
         if image.size != spec.image_size:
             raise PrefkitError(
                 f"{where}: a {image.size[0]} x {image.size[1]} image, but the manifest says "

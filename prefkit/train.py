@@ -257,23 +257,27 @@ class ShardCache:
     def _manifest_folder(self) -> Path:
         return self.folder
 
+    def _path(self, shard: int) -> Path:
+        return self.folder / (SHARD_PATTERN % shard)
+
     def _read(self, shard: int):
         """(key, latents .npy bytes, logprobs .npy bytes, json) of every sample of a shard."""
-        path = self.folder / (SHARD_PATTERN % shard)
-        for s in iter_samples([path], decode=False, fields=["latents.npy", "logprobs.npy", "json"]):
+        for s in iter_samples(
+            [self._path(shard)], decode=False, fields=["latents.npy", "logprobs.npy", "json"]
+        ):
             yield s["__key__"], s["latents.npy"], s["logprobs.npy"], s["json"]
 
     def get(self, shard: int, key: str) -> dict[str, Any]:
         if shard != self.index:
             self.samples = {}
-            where = f"{self.folder}: shard {shard}"
+            path = self._path(shard)
             for k, latents, logprobs, record in self._read(shard):
                 self.samples[k] = {
                     "latents": torch.from_numpy(
-                        load_array(latents, self.spec, "latents.npy", f"{where}, {k}")
+                        load_array(latents, self.spec, "latents.npy", f"{path}: {k}.latents.npy")
                     ),
                     "logprobs": torch.from_numpy(
-                        load_array(logprobs, self.spec, "logprobs.npy", f"{where}, {k}")
+                        load_array(logprobs, self.spec, "logprobs.npy", f"{path}: {k}.logprobs.npy")
                     ),
                     "record": json.loads(record),
                 }
@@ -291,10 +295,13 @@ class PublishedShardCache(ShardCache):
     def _manifest_folder(self) -> Path:
         return self.folder / "trajectories"
 
+    def _path(self, shard: int) -> Path:
+        return self.folder / "trajectories" / (SHARD_PATTERN.removesuffix(".tar") % shard + ".parquet")
+
     def _read(self, shard: int):
         import pyarrow.parquet as pq
 
-        path = self.folder / "trajectories" / (SHARD_PATTERN.removesuffix(".tar") % shard + ".parquet")
+        path = self._path(shard)
         if not path.is_file():
             raise PrefkitError(f"{self.folder}: {path.relative_to(self.folder)} is missing")
         pf = pq.ParquetFile(path)
