@@ -608,8 +608,10 @@ def front_matter(
     }
 
 
-MD_SPECIAL = set("\\`*_[]()!#|~{}")
-HTML_SPECIAL = {"<": "&lt;", ">": "&gt;", "&": "&amp;", '"': "&quot;", "'": "&#39;"}
+# markdown that could start a link, image, code span, emphasis, heading or table cell (with "[" escaped, "(" and
+# "!" cannot make a link or an image), and the HTML characters of text (no attribute is ever written)
+MD_SPECIAL = set("\\`*_[]#|~")
+HTML_SPECIAL = {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
 
 
 def md_text(value: Any) -> str:
@@ -632,6 +634,8 @@ def _fmt(value: Any) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return ", ".join(md_text(v) for v in value) or "-"
     if isinstance(value, (list, dict)):
         return md_text(json.dumps(value, ensure_ascii=False))
     return md_text(value)
