@@ -138,21 +138,19 @@ def _import_human(cfg: LabelConfig, samples: dict[str, SampleInfo]) -> tuple[lis
 
 def _iter_images(folder: Path, keys: set[str] | None = None) -> Iterator[tuple[str, Any, str]]:
     """(key, PIL image, prompt) of every sample, in shard order, decoding only the PNG and JSON."""
-    import io
     import json
 
-    from PIL import Image
-
     from prefkit.fileio import reading
-    from prefkit.shards import iter_samples
+    from prefkit.shards import iter_samples, load_png, shard_spec
 
-    for raw in iter_samples(folder, decode=False):
+    spec = shard_spec(folder)
+    for raw in iter_samples(folder, decode=False, fields=["png", "json"]):
         if keys is not None and raw["__key__"] not in keys:
             continue
-        with reading(raw.get("__url__", folder)):  # a sample without its files, a json that is no record
+        with reading(raw.get("__url__", folder)):  # a json that is no record, a record without a prompt
             rec = json.loads(raw["json"])
-            image, prompt = Image.open(io.BytesIO(raw["png"])).convert("RGB"), rec["prompt"]
-        yield raw["__key__"], image, prompt
+            prompt = rec["prompt"]
+        yield raw["__key__"], load_png(raw["png"], spec, f"{folder}: {raw['__key__']}.png"), prompt
 
 
 def judge_options(cfg: LabelConfig):

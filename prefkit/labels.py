@@ -125,20 +125,15 @@ class Pair:
 
 def dataset_samples(folder: Path) -> dict[str, SampleInfo]:
     """key -> (group, prompt) for every sample of a dataset, read from the shards' json records only."""
-    from prefkit.shards import finished_shards, read_manifest
+    from prefkit.shards import iter_samples, read_manifest
 
     folder = Path(folder)
     read_manifest(folder)  # a clear error if this is not a dataset
-    import io
-    import tarfile
-
     out: dict[str, SampleInfo] = {}
-    for shard in finished_shards(folder):
-        with reading(shard), tarfile.open(shard) as tar:
-            for member in tar:
-                if member.name.endswith(".json"):
-                    rec = json.load(io.BytesIO(tar.extractfile(member).read()))
-                    out[rec["key"]] = SampleInfo(rec["key"], rec["group_id"], rec["prompt"])
+    for raw in iter_samples(folder, decode=False, fields=["json"]):
+        with reading(raw.get("__url__", folder)):  # a json that is no record, a record without its keys
+            rec = json.loads(raw["json"])
+            out[rec["key"]] = SampleInfo(rec["key"], rec["group_id"], rec["prompt"])
     if not out:
         raise PrefkitError(f"{folder}: the dataset has no finished shards to label")
     return out

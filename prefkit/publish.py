@@ -33,7 +33,6 @@ import os
 import random
 import re
 import shutil
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,8 @@ JPEG_QUALITY = 95
 MAX_PARQUET_BYTES = 500_000_000  # image bytes per parquet file before a new one is started
 ROWS_PER_GROUP = 64  # parquet row group size (rows): bounded memory while writing
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+# the card's `license:`, a Hub license identifier (apache-2.0, cc-by-4.0, other)
+LICENSE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 # remote files under these are replaced by this publish: removed in the upload commit unless re-uploaded
 DELETE_PATTERNS = ["data/*", "trajectories/*", "labels/*"]
 TAGS = ["preference", "dpo", "d3po", "diffusion", "prefkit"]
@@ -120,6 +121,11 @@ def run_publish(cfg, api=None) -> dict[str, Any]:
         raise PrefkitError("publish: give the dataset folder")
     if not cfg.repo_id or not REPO_ID.fullmatch(cfg.repo_id):
         raise PrefkitError(f"--repo-id {cfg.repo_id!r}: expected OWNER/NAME (letters, digits, '-', '_', '.')")
+    if not LICENSE_ID.fullmatch(cfg.license or ""):
+        raise PrefkitError(
+            f"--license {cfg.license!r}: expected a license identifier of the Hub, such as apache-2.0, "
+            "cc-by-4.0 or other (letters, digits, '.', '+', '-', '_')"
+        )
     if not 0 <= cfg.val_fraction < 1:
         raise PrefkitError(f"--val-fraction {cfg.val_fraction}: must be >= 0 and < 1")
     if not cfg.dry_run and api is None:
@@ -200,12 +206,15 @@ def build_folder(
     max_parquet_bytes: int = MAX_PARQUET_BYTES,
 ) -> dict[str, Any]:
     """Write the Hub-ready folder for ``folder`` and label set ``labels`` into ``staging`` (wiped first)."""
-    from prefkit.labels import label_sets, read_meta, read_pairs
-    from prefkit.shards import finished_shards, read_manifest
+    from prefkit.labels import label_paths, label_sets, read_meta, read_pairs
+    from prefkit.shards import MANIFEST, finished_shards, read_manifest, shard_spec
 
     folder = Path(folder)
+    root = folder.resolve()
+    _inside(folder / MANIFEST, root)
     manifest = read_manifest(folder)
-    shards = finished_shards(folder)
+    spec = shard_spec(folder)
+    shards = [_inside(s, root) for s in finished_shards(folder)]
     if not shards:
         raise PrefkitError(f"{folder}: no finished shards to publish")
     sets = label_sets(folder)
@@ -216,29 +225,41 @@ def build_folder(
                 + ("label it first with `prefkit label`" if not sets else "choose one with --labels NAME")
             )
         labels = sets[0]
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", labels):
+        raise PrefkitError(f"--labels {labels!r}: a label set name is letters, digits, '-' and '_'")
+    for path in label_paths(folder, labels).values():
+        if path.exists() or path.is_symlink():
+            _inside(path, root)
     pairs = read_pairs(folder, labels)
     meta = read_meta(folder, labels)
     if not pairs:
         raise PrefkitError(f"{folder}: label set {labels!r} has no pairs to publish")
 
+    emb = folder / "embeddings"
+    embeddings = []
+    if emb.is_dir() or emb.is_symlink():
+        embeddings = [_inside(f, root) for f in sorted(_inside(emb, root).glob("*.safetensors"))]
+
     split_of = assign_splits(pairs, val_fraction, seed)
     _prepare_staging(staging, folder)
-    (staging / "data").mkdir()
-    (staging / "trajectories").mkdir()
-    (staging / "labels").mkdir()
-
-    counts, n_samples = _write_parquet(shards, pairs, split_of, staging, max_parquet_bytes)
-    _link(folder / "manifest.json", staging / "trajectories" / "manifest.json")
-    emb = folder / "embeddings"
-    if emb.is_dir():
-        (staging / "trajectories" / "embeddings").mkdir()
-        for f in sorted(emb.glob("*.safetensors")):
+    try:  # a refused input (a shard that does not match its manifest) leaves no half-built folder behind
+        for sub in ("data", "trajectories", "labels"):
+            (staging / sub).mkdir()
+        counts, n_samples = _write_parquet(shards, spec, pairs, split_of, staging, max_parquet_bytes)
+        _link(folder / MANIFEST, staging / "trajectories" / MANIFEST)
+        if embeddings:
+            (staging / "trajectories" / "embeddings").mkdir()
+        for f in embeddings:
             _link(f, staging / "trajectories" / "embeddings" / f.name)
-    _link(folder / "labels" / f"{labels}.meta.json", staging / "labels" / f"{labels}.meta.json")
-
-    splits = sorted(counts, key=lambda s: (s != "train", s))
-    card = render_card(repo_id, manifest, meta, counts, splits, val_fraction, seed, license, labels)
-    (staging / "README.md").write_text(card, encoding="utf-8")
+        (staging / "labels" / f"{labels}.meta.json").write_text(
+            json.dumps(_public_meta(meta), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        splits = sorted(counts, key=lambda s: (s != "train", s))
+        card = render_card(repo_id, manifest, meta, counts, splits, val_fraction, seed, license, labels)
+        (staging / "README.md").write_text(card, encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     files = [
         (p.relative_to(staging).as_posix(), p.stat().st_size)
         for p in sorted(staging.rglob("*"))
@@ -290,6 +311,37 @@ def _prepare_staging(staging: Path, dataset: Path) -> None:
     )
 
 
+def _inside(path: Path, root: Path) -> Path:
+    """``path`` itself, after checking that it is no symbolic link and lies inside the dataset folder ``root``
+    (resolved): publish never reads or stages a file from elsewhere."""
+    if path.is_symlink():
+        raise PrefkitError(
+            f"{path}: a symbolic link; publish stages only the dataset folder's own files: replace the link "
+            "by the file itself"
+        )
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root):
+        raise PrefkitError(
+            f"{path}: lies outside the dataset folder {root} (it resolves to {resolved}); publish stages only "
+            "the dataset folder's own files"
+        )
+    return path
+
+
+def _public_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The label set's meta as published: input files by name only, no local absolute paths."""
+    if isinstance(meta.get("inputs"), list):
+        return {**meta, "inputs": [_public_name(p) for p in meta["inputs"]]}
+    return meta
+
+
+def _public_name(value: Any) -> Any:
+    """A local absolute path (``/...``, ``~...``, ``C:\\...``) by its last component; anything else unchanged."""
+    if isinstance(value, str) and (value.startswith(("/", "~", "\\")) or re.match(r"[A-Za-z]:[\\/]", value)):
+        return re.split(r"[\\/]", value.rstrip("/\\"))[-1] or value
+    return value
+
+
 def _link(src: Path, dst: Path) -> None:
     """Hard link (no copy of large shards) where the file system allows it, else copy."""
     try:
@@ -307,15 +359,12 @@ def _repo_url(repo_id: str) -> str:
 # -- pairs to parquet ------------------------------------------------------------------------------------
 
 
-def _shard_samples(shard: Path) -> dict[str, dict[str, bytes]]:
-    """key -> {field: bytes} of every sample of a shard, read from the tar directly (nothing decoded)."""
-    out: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(shard) as tar:
-        for member in tar:
-            if member.isfile():
-                key, _, name = member.name.partition(".")
-                out.setdefault(key, {})[name] = tar.extractfile(member).read()
-    return out
+def _shard_samples(shard: Path, spec) -> dict[str, dict[str, bytes]]:
+    """key -> {field: bytes} of every sample of a shard (prefkit.shards.read_shard: each member bounded by the
+    manifest before it is read, each array's dtype and shape checked; nothing decoded)."""
+    from prefkit.shards import read_shard
+
+    return {raw.pop("__key__"): raw for raw in read_shard(shard, spec)}
 
 
 def trajectories_schema():
@@ -381,11 +430,9 @@ def _write_trajectories(shard: Path, samples: dict[str, dict[str, bytes]], out: 
     return len(samples)
 
 
-def jpeg_bytes(png: bytes, quality: int = JPEG_QUALITY) -> bytes:
-    from PIL import Image
-
+def jpeg_bytes(image, quality: int = JPEG_QUALITY) -> bytes:
     buf = io.BytesIO()
-    Image.open(io.BytesIO(png)).convert("RGB").save(buf, "JPEG", quality=quality)
+    image.save(buf, "JPEG", quality=quality)
     return buf.getvalue()
 
 
@@ -437,6 +484,7 @@ class _SplitWriter:
 
 def _write_parquet(
     shards: list[Path],
+    spec,
     pairs: list[dict[str, Any]],
     split_of: dict[str, str],
     staging: Path,
@@ -445,6 +493,8 @@ def _write_parquet(
     """Shard by shard (a shard holds whole prompt groups, pairs never cross groups), each shard read once:
     its trajectories to ``trajectories/``, its pairs (JPEG images) to ``data/``. Memory is bounded by one
     shard. Returns ({split: {pairs, prompts, ties}}, samples)."""
+    from prefkit.shards import load_png
+
     by_group: dict[int, list[dict[str, Any]]] = {}
     for p in pairs:
         by_group.setdefault(int(p["group_id"]), []).append(p)
@@ -453,10 +503,14 @@ def _write_parquet(
     n_samples = 0
     for shard in shards:
         with reading(shard):
-            samples = _shard_samples(shard)
+            samples = _shard_samples(shard, spec)
             n_samples += _write_trajectories(shard, samples, staging / "trajectories")
             groups = {key: json.loads(f["json"])["group_id"] for key, f in samples.items()}
-            images = {key: jpeg_bytes(samples[key]["png"]) for key, g in groups.items() if g in by_group}
+            images = {
+                key: jpeg_bytes(load_png(samples[key]["png"], spec, f"{shard}: {key}.png"))
+                for key, g in groups.items()
+                if g in by_group
+            }
         del samples
         for group in sorted(set(groups.values()) & by_group.keys()):
             for p in by_group[group]:
@@ -564,14 +618,37 @@ def front_matter(
     }
 
 
+# markdown that could start a link, image, code span, emphasis, heading or table cell (with "[" escaped, "(" and
+# "!" cannot make a link or an image), and the HTML characters of text (no attribute is ever written)
+MD_SPECIAL = set("\\`*_[]#|~")
+HTML_SPECIAL = {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
+
+
+def md_text(value: Any) -> str:
+    """``value`` as literal text of a markdown line (a table cell): HTML characters as entities, markdown
+    punctuation backslash-escaped, newlines as spaces. Everything user-controlled in the card goes through
+    this, so no tag, link, image or table break in a model id, prompt or license reaches the page."""
+    out = []
+    for c in str(value):
+        if c in HTML_SPECIAL:
+            out.append(HTML_SPECIAL[c])
+        elif c in MD_SPECIAL:
+            out.append("\\" + c)
+        else:
+            out.append(" " if c in "\r\n" else c)
+    return "".join(out)
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return ", ".join(md_text(v) for v in value) or "-"
     if isinstance(value, (list, dict)):
-        return "`" + json.dumps(value, ensure_ascii=False) + "`"
-    return str(value).replace("|", "\\|").replace("\n", " ")
+        return md_text(json.dumps(value, ensure_ascii=False))
+    return md_text(value)
 
 
 def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
@@ -603,7 +680,7 @@ def render_card(
     sampler = manifest.get("sampler", {})
     mcounts = manifest.get("counts") or {}
     gen_rows = [
-        ("model", model.get("id")),
+        ("model", _public_name(model.get("id"))),
         ("model revision", model.get("revision")),
         ("family / pipeline", f"{model.get('family')} / {model.get('pipeline_class')}"),
         ("scheduler", model.get("scheduler")),
@@ -642,7 +719,10 @@ def render_card(
         ("Krippendorff's alpha (nominal)", ag.get("krippendorff_alpha")),
     ]
     if kind == "human":
-        label_rows += [("import format", meta.get("format")), ("input files", meta.get("inputs"))]
+        label_rows += [
+            ("import format", meta.get("format")),
+            ("input files", _public_meta(meta).get("inputs")),
+        ]
     if judge:
         label_rows += [
             ("judge", judge.get("name")),
@@ -680,7 +760,7 @@ with prefkit (`prefkit generate`, `prefkit label`, `prefkit publish`).
   `trajectories/manifest.json` holds the full generation settings; `trajectories/embeddings/` the prompt
   embeddings when they were stored; `labels/{labels}.meta.json` how the labels were made.
 
-License: `{license}`. Images generated by a model are also subject to that model's license.
+License: {md_text(license)}. Images generated by a model are also subject to that model's license.
 
 ## Generation
 

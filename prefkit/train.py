@@ -46,7 +46,14 @@ from prefkit.losses import (
     sample_dense_steps,
     soft_label_weight,
 )
-from prefkit.shards import SHARD_PATTERN, group_key, iter_samples, npy_load, read_manifest
+from prefkit.shards import (
+    SHARD_PATTERN,
+    group_key,
+    iter_samples,
+    load_array,
+    read_manifest,
+    shard_spec,
+)
 
 OBJECTIVES = ("d3po", "dense", "diffusion-dpo", "ddpo", "tdpo")
 # objectives that train on per-sample scalar scores (prefkit.train_rewards) rather than on pairs
@@ -243,44 +250,62 @@ def epoch_order(pairs: list[TrainPair], seed: int, epoch: int) -> list[TrainPair
 
 
 class ShardCache:
-    """Samples of the shard in use (latents, lp, timesteps, sigmas, prompt); one shard at a time."""
+    """Samples of the shard in use (latents, lp, timesteps, sigmas, prompt); one shard at a time. Every array
+    is checked against the dataset's manifest (dtype, shape, no pickle) as it is loaded."""
 
     def __init__(self, folder: Path):
         self.folder, self.index, self.samples = folder, None, {}
+        self.spec = shard_spec(self._manifest_folder())
+
+    def _manifest_folder(self) -> Path:
+        return self.folder
+
+    def _path(self, shard: int) -> Path:
+        return self.folder / (SHARD_PATTERN % shard)
 
     def _read(self, shard: int):
         """(key, latents .npy bytes, logprobs .npy bytes, json) of every sample of a shard."""
-        for s in iter_samples([self.folder / (SHARD_PATTERN % shard)], decode=False):
+        for s in iter_samples(
+            [self._path(shard)], decode=False, fields=["latents.npy", "logprobs.npy", "json"]
+        ):
             yield s["__key__"], s["latents.npy"], s["logprobs.npy"], s["json"]
 
     def get(self, shard: int, key: str) -> dict[str, Any]:
         if shard != self.index:
             self.samples = {}
-            with reading(self.folder / (SHARD_PATTERN % shard)):
-                self._load(shard)
+            path = self._path(shard)
+            with reading(path):
+                for k, latents, logprobs, record in self._read(shard):
+                    self.samples[k] = {
+                        "latents": torch.from_numpy(
+                            load_array(latents, self.spec, "latents.npy", f"{path}: {k}.latents.npy")
+                        ),
+                        "logprobs": torch.from_numpy(
+                            load_array(logprobs, self.spec, "logprobs.npy", f"{path}: {k}.logprobs.npy")
+                        ),
+                        "record": json.loads(record),
+                    }
             self.index = shard
         try:
             return self.samples[key]
         except KeyError:
             raise PrefkitError(f"{self.folder}: sample {key} is labelled but not in shard {shard}") from None
 
-    def _load(self, shard: int) -> None:
-        for k, latents, logprobs, record in self._read(shard):
-            self.samples[k] = {
-                "latents": torch.from_numpy(npy_load(latents)),
-                "logprobs": torch.from_numpy(npy_load(logprobs)),
-                "record": json.loads(record),
-            }
-
 
 class PublishedShardCache(ShardCache):
     """ShardCache of a published folder: trajectories/shard-XXXXXX.parquet, one row per sample, the
     WebDataset fields' bytes unchanged (prefkit.publish)."""
 
+    def _manifest_folder(self) -> Path:
+        return self.folder / "trajectories"
+
+    def _path(self, shard: int) -> Path:
+        return self.folder / "trajectories" / (SHARD_PATTERN.removesuffix(".tar") % shard + ".parquet")
+
     def _read(self, shard: int):
         import pyarrow.parquet as pq
 
-        path = self.folder / "trajectories" / (SHARD_PATTERN.removesuffix(".tar") % shard + ".parquet")
+        path = self._path(shard)
         if not path.is_file():
             raise PrefkitError(f"{self.folder}: {path.relative_to(self.folder)} is missing")
         pf = pq.ParquetFile(path)

@@ -8,7 +8,6 @@ served: the URL carries a sample key, never a path, so nothing else of the disk 
 from __future__ import annotations
 
 import os
-import tarfile
 from pathlib import Path
 
 from prefkit.errors import PrefkitError
@@ -16,17 +15,18 @@ from prefkit.errors import PrefkitError
 
 class ImageIndex:
     def __init__(self, folder: Path):
-        from prefkit.shards import finished_shards
+        from prefkit.shards import finished_shards, open_shard, shard_members, shard_spec
 
         self.entries: dict[str, tuple[int, int, int]] = {}  # key -> (fd, offset, size)
         self.fds: list[int] = []
+        spec = shard_spec(folder)
         for shard in finished_shards(folder):
-            try:
-                with tarfile.open(shard) as tar:
-                    members = [m for m in tar if m.isfile() and m.name.endswith(".png")]
-            except (tarfile.TarError, OSError) as exc:
+            try:  # headers only, each member bounded by the manifest (a plain tar: nothing decompressed)
+                with open_shard(shard) as tar:
+                    members = [m for _, field, m in shard_members(tar, shard, spec) if field == "png"]
+            except PrefkitError:
                 self.close()
-                raise PrefkitError(f"{shard}: cannot read the shard ({exc})") from None
+                raise
             fd = os.open(shard, os.O_RDONLY)
             self.fds.append(fd)
             for m in members:
