@@ -235,7 +235,7 @@ class LabelConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Settings of ``prefkit train``. Defaults follow D3PO (d3po) and Yang et al. 2024 (dense), MATH.md 3."""
+    """Settings of ``prefkit train``. Defaults follow D3PO (d3po) and Yang et al. 2024 (dense), docs/math.md section 11."""
 
     dataset: str = field(
         None,

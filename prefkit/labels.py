@@ -9,7 +9,7 @@ Shards are never modified. A label set NAME lives in ``DATASET/labels/``::
 
 All three are written atomically at the end of a run: an interrupted run leaves no label file.
 
-Conventions (FORMATS.md, Pick-a-Pic v2): ``label_0 = 1`` means sample ``key_0`` won, ``0.5 / 0.5`` is a
+Conventions (docs/formats.md sections 6-7, as Pick-a-Pic v2): ``label_0 = 1`` means sample ``key_0`` won, ``0.5 / 0.5`` is a
 tie, soft labels (several annotators) lie in between. Within a pair ``key_0 < key_1`` (the canonical
 order); a vote given the other way round is flipped. Ties are kept (``is_tie``), never dropped; the
 trainer decides what they contribute (nothing, for the DPO objectives).

@@ -4,7 +4,7 @@ This module imports neither diffusers nor accelerate. The sampling loop (``prefk
 later, the trainer call these functions so that the log-prob recorded at sampling time and the one
 recomputed with gradients during training are the same code.
 
-Conventions (../shared/docs/MATH.md, section 1):
+Conventions (docs/math.md sections 1-3):
 
 * A trajectory is x_T ... x_0 sampled in K steps; step k = 0 is the first step, from pure noise.
 * ``lp`` is the MEAN over the D latent elements of one sample of the diagonal-Gaussian
@@ -121,7 +121,7 @@ def flow_sde_step(
         std  = s_k * sqrt(-dt)
 
     ``sigma_max`` is ``sigmas[1]`` of the schedule. Only the denominator's sigma is replaced, as in
-    Flow-GRPO's ``sde_step_with_logprob`` (MATH.md only says "s == 1 replaced"; this is the reading
+    Flow-GRPO's ``sde_step_with_logprob`` (the published description only says "s == 1 replaced"; this is the reading
     the reference implementation uses). With a = 0 the mean is exactly the Euler ODE step
     ``x + v dt`` of ``FlowMatchEulerDiscreteScheduler``.
 

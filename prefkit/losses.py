@@ -3,11 +3,11 @@
 Inputs are named, never halves of a ``.chunk(2)``: ``lp_theta_w`` / ``lp_ref_w`` for the winner and
 ``lp_theta_l`` / ``lp_ref_l`` for the loser, each float32 [B, S] (B pairs, S steps of the trajectory,
 k = 0 the first step from noise). The per-step lp is the mean-over-elements Gaussian log-density of
-``prefkit.logprob`` (MATH.md 1): every default clip value and beta below assumes that reduction.
+``prefkit.logprob`` (docs/math.md section 1): every default clip value and beta below assumes that reduction.
 
 Soft labels: a pair's ``weight`` in [0, 1] multiplies its loss. prefkit uses |2 p - 1| for a label
 p = P(key_0 wins): a unanimous pair weighs 1, 2 of 3 votes weigh 1/3, a tie 0 (ties contribute nothing,
-MATH.md 5). This is a choice (cDPO's label smoothing would instead pull tied pairs towards equal
+docs/math.md section 13). This is a choice (cDPO's label smoothing would instead pull tied pairs towards equal
 likelihood); it keeps the DPO losses' fixed point and their log 2 at step 0.
 """
 
@@ -54,7 +54,7 @@ def d3po_loss(
 
     The clip is applied to the log-ratio: log clip(r, 1-eps, 1+eps) = clamp(log r, log(1-eps),
     log(1+eps)); like PPO's clip it has zero gradient outside the interval. At step 0 (policy ==
-    reference) every ratio is 1 and L = log 2. Defaults beta 0.1, eps 0.1 (MATH.md 3).
+    reference) every ratio is 1 and L = log 2. Defaults beta 0.1, eps 0.1 (docs/math.md section 5).
     """
     lo, hi = math.log(1 - eps), math.log(1 + eps)
     log_r_w = (lp_theta_w - lp_ref_w).clamp(lo, hi)
@@ -94,7 +94,7 @@ def dense_dpo_loss(
 
     ``step_weights`` [S] (or [B, S]) are the w_k of the S steps given: ``gamma_weights(K, gamma)`` for
     the exact sum over all K steps, or 1 / K_est each for K_est steps drawn from Cat(w) (an unbiased
-    estimate of the same sum). Defaults beta 10, c 1e-4 (MATH.md 3). At step 0 L = log 2.
+    estimate of the same sum). Defaults beta 10, c 1e-4 (docs/math.md section 6). At step 0 L = log 2.
     """
     w = step_weights.to(lp_theta_w)
     logit_w = beta * (w * (lp_theta_w - lp_ref_w).clamp(-clip, clip)).sum(dim=-1)
@@ -117,7 +117,7 @@ def diffusion_dpo_loss(
     beta: float = 5000.0,
     weight: torch.Tensor | None = None,
 ) -> PairLoss:
-    """Diffusion-DPO on final images (Wallace et al., CVPR 2024), MATH.md 3:
+    """Diffusion-DPO on final images (Wallace et al., CVPR 2024), docs/math.md section 7:
 
         L = -log sigmoid( -(beta / 2) * [ (err_theta_w - err_ref_w) - (err_theta_l - err_ref_l) ] )
 
@@ -126,7 +126,7 @@ def diffusion_dpo_loss(
     with the SAME (t, e) for winner and loser. Where beta and the 1/2 sit: beta multiplies the
     difference of error differences and is then HALVED, i.e. the effective coefficient is beta / 2,
     as in the Diffusion-DPO training script (``scale_term = -0.5 * beta_dpo``, then
-    ``inside_term = scale_term * (model_diff - ref_diff)``). MATH.md notes two public implementations
+    ``inside_term = scale_term * (model_diff - ref_diff)``). docs/math.md section 7 notes two public implementations
     that differ by 2x here: a beta taken from one that omits the 1/2 must be doubled. Defaults: beta 5000 (eps, SD 1.5);
     ~100 for flow models. At step 0 (policy == reference) L = log 2. The implicit-reward margin
     returned as ``logits`` is -(beta / 2) [...]: > 0 when the policy fits the winner better.
@@ -150,7 +150,7 @@ def eps_noising(x0: torch.Tensor, noise: torch.Tensor, alpha_cumprod: torch.Tens
 def flow_noising(
     x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rectified flow: x_s = (1 - s) x0 + s e, and the velocity target v = e - x0 (MATH.md 3)."""
+    """Rectified flow: x_s = (1 - s) x0 + s e, and the velocity target v = e - x0 (docs/math.md section 7)."""
     s = sigma.float().view(-1, *([1] * (x0.ndim - 1)))
     return (1 - s) * x0.float() + s * noise.float(), noise.float() - x0.float()
 
@@ -191,7 +191,7 @@ def ddpo_loss(
         L_k   = -A lp_theta_k                                        (DDPO-SF: REINFORCE, ``score_function``)
         L     = mean over the B samples and the S steps
 
-    lp_theta, lp_old: float32 [B, S] (mean-over-elements lp, MATH.md 1: DDPO's clip 1e-4 assumes it);
+    lp_theta, lp_old: float32 [B, S] (mean-over-elements lp, docs/math.md section 1: DDPO's clip 1e-4 assumes it);
     advantages: [B] (one per sample, broadcast over its steps) or [B, S] (TDPO's per-step advantages).
     At r = 1 inside the clip interval, d L_k / d lp_theta_k = -A: the IS and SF gradients agree there.
     Defaults: c = 1e-4 (ddpo-pytorch ``train.clip_range``). The mean over B (not over a weight sum) keeps
@@ -220,7 +220,7 @@ def gaussian_step_kl(mean_theta: torch.Tensor, mean_ref: torch.Tensor, std: torc
 
         KL( N(mu_theta, s^2) || N(mu_ref, s^2) ) = (mu_theta - mu_ref)^2 / (2 s^2)
 
-    returned as the MEAN over the D latent elements, float32 [B] (the lp convention of MATH.md 1; DPOK sums
+    returned as the MEAN over the D latent elements, float32 [B] (the lp convention of docs/math.md section 1; DPOK sums
     over the elements, so DPOK's coefficient beta corresponds to prefkit's --kl-coef = D beta). mean_ref
     carries no gradient (the reference is frozen); mean_theta does. 0 exactly when the two means agree.
     """

@@ -120,7 +120,7 @@ def own_cpu_weights(pipe) -> int:
     change, a GPU) lands in torch's allocator, which aligns to 64 bytes. MKL / oneDNN kernels take
     another path for unaligned operands on some CPUs (AVX-512 on AMD EPYC: a Linear's output changed in
     the last bit), so the same model computed differently depending on how it reached memory. With this
-    copy every process, thread count and launch computes with the same layout; docs: README "Determinism".
+    copy every process, thread count and launch computes with the same layout; docs/results.md "What depends on the CPU".
     """
     import torch.nn as nn
 
@@ -326,7 +326,7 @@ class Family:
         return self.pipe.image_processor.postprocess(image, output_type="pil")
 
     def _guided(self, call, x_in: torch.Tensor, cond: Conditioning, guidance: float) -> torch.Tensor:
-        """Run ``call(x, prompt_embeds, pooled)`` with CFG: eps = eps_u + w (eps_c - eps_u) (MATH.md 2)."""
+        """Run ``call(x, prompt_embeds, pooled)`` with CFG: eps = eps_u + w (eps_c - eps_u) (docs/math.md section 4)."""
         if not cond.guided:
             return call(x_in, cond.prompt_embeds, cond.pooled).float()
         pooled = None if cond.pooled is None else torch.cat([cond.negative_pooled, cond.pooled])

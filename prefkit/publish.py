@@ -19,7 +19,7 @@ json): ``datasets`` picks ONE builder for all configs of a repository, inferred 
 files (huggingface/datasets#7101), so a parquet ``default`` config beside a tar ``trajectories`` config
 fails to load the latter. Parquet for both keeps ``load_dataset(REPO, "trajectories")`` working.
 
-Upload (FORMATS.md, "Publishing to the Hugging Face Hub"): ``HfApi.create_repo(repo_type="dataset",
+Upload (docs/formats.md section 11): ``HfApi.create_repo(repo_type="dataset",
 exist_ok=True)`` then one ``HfApi.upload_folder`` commit; files already on the Hub are not sent again, so
 re-running resumes an interrupted upload, and stale data files of an earlier publish are deleted in the
 same commit. No loading script, no ``DatasetCard.validate()``/``push_to_hub`` (they post to a fixed host).

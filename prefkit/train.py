@@ -6,7 +6,7 @@ train_loop, finish_run). --kl-coef (DPOK's KL to the reference) and --init-lora 
 objective.
 
 Reads top to bottom: settings and checks (dataset, labels, model, guidance), the policy (base denoiser
-+ LoRA; the reference is the SAME network with the adapters disabled, MATH.md 4), the pair stream,
++ LoRA; the reference is the SAME network with the adapters disabled, docs/math.md section 12), the pair stream,
 the loop (micro-batches, accumulation, clipping, AdamW, schedule), checkpoints and metrics.
 
 Data. Every labelled, decided pair (ties and pairs without a verdict weigh 0 and are left out) is a
@@ -345,7 +345,7 @@ def add_lora(denoiser: torch.nn.Module, cfg: TrainConfig, family: str) -> None:
 
 @contextlib.contextmanager
 def reference_mode(denoiser: torch.nn.Module):
-    """The reference = the base model: the same network with its LoRA adapters disabled (MATH.md 4).
+    """The reference = the base model: the same network with its LoRA adapters disabled (docs/math.md section 12).
     ``disable_adapters`` turns requires_grad off on the LoRA weights; they are restored in finally."""
     trainable = [p for p in denoiser.parameters() if p.requires_grad]
     denoiser.disable_adapters()
@@ -626,7 +626,7 @@ def setup_run(cfg: TrainConfig, out: Path, accelerator, pipe, family) -> Run:
         cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
     )
     # the LoRA-wrapped denoiser itself goes through prepare (DDP): its forward is what runs, so the
-    # gradients are synchronised (MATH.md 4, the second published bug)
+    # gradients are synchronised (docs/math.md section 12, the second published bug)
     net, optimizer = accelerator.prepare(denoiser, optimizer)
     family.net = net
 
@@ -1118,7 +1118,7 @@ def _torch_save(obj: Any, path: Path) -> None:
 
 def load_checkpoint(folder: Path, denoiser, optimizer, lr_sched) -> dict:
     """Restore a checkpoint. The reference stays the base model: it is the adapters-off network, and
-    only the adapters are restored (no copy of the model is taken after resuming, MATH.md 4)."""
+    only the adapters are restored (no copy of the model is taken after resuming, docs/math.md section 12)."""
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 

@@ -1,4 +1,4 @@
-"""``prefkit train --objective diffusion-dpo``: Diffusion-DPO on pairs of final images (MATH.md 3).
+"""``prefkit train --objective diffusion-dpo``: Diffusion-DPO on pairs of final images (docs/math.md section 7).
 
 Input: any dataset ``datasets.load_dataset`` reads in Pick-a-Pic format -- caption, jpg_0, jpg_1 (raw
 image bytes), label_0 (P(jpg_0 wins): > 0.5 jpg_0 won, 0.5 a tie) -- a folder published by ``prefkit

@@ -2,7 +2,7 @@
 
 One small dataset per model family is generated once for the module through the real CLI, then read
 with plain ``webdataset``, with ``datasets.load_dataset("webdataset", ...)``, with numpy (no pickle),
-with safetensors, and checked against the JSON Schemas in schemas/ and FORMATS.md.
+with safetensors, and checked against the JSON Schemas in schemas/ and docs/formats.md.
 """
 
 from __future__ import annotations

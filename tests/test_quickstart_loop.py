@@ -7,7 +7,7 @@ It asserts what holds on any CPU: the stages chain, eval picks the training judg
 and the training run's sampler settings, the report is complete and consistent, and the LoRA changed the
 samples. It does NOT assert that the tuned model wins: the counts depend on the CPU's float rounding
 (an AMD EPYC and an Intel Xeon draw different training data from the same seed, float16 chains differ
-in the last bit), and across draws of the data the recipe wins on most but not all (README,
+in the last bit), and across draws of the data the recipe wins on most but not all (docs/results.md,
 "What depends on the CPU"). The learning itself is asserted where it is robust to rounding:
 tests/test_learning.py and tests/test_rl_learning.py (large effects, t-statistics)."""
 

@@ -1,4 +1,4 @@
-"""`prefkit train`: the losses' arithmetic, and the training loop's invariances (MATH.md 3, 4 and 6).
+"""`prefkit train`: the losses' arithmetic, and the training loop's invariances (docs/math.md sections 5-6, 12 and 14).
 
 Datasets are generated and labelled once per module (tiny models, 32 px, 3 denoising steps) by a custom
 scorer (mean brightness of the PNG). Each run trains a few optimizer steps in-process, except the
