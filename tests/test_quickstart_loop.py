@@ -6,8 +6,8 @@ sampler settings) plus 16 seeds and a tie margin of 0.02.
 It asserts what holds on any CPU: the stages chain, eval picks the training judge, the held-out captions
 and the training run's sampler settings, the report is complete and consistent, and the LoRA changed the
 samples. It does NOT assert that the tuned model wins: the counts depend on the CPU's float rounding
-(an AMD EPYC and an Intel Xeon draw different training data from the same seed, float16 chains differ
-in the last bit), and across draws of the data the recipe wins on most but not all (docs/results.md,
+(on another make of CPU the same seed can give float16 chains that differ in the last bit, and
+the dense run's counts did differ between two CPUs), and across draws of the data the recipe wins on most but not all (docs/results.md,
 "What depends on the CPU"). The learning itself is asserted where it is robust to rounding:
 tests/test_learning.py and tests/test_rl_learning.py (large effects, t-statistics)."""
 
