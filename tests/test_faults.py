@@ -338,7 +338,7 @@ def _truncate(path: Path) -> None:
 
 
 DAMAGED = [
-    ("truncated-tar", lambda d: _truncate(d / "shard-000000.tar"), "shard-000000.tar: not a readable prefkit shard"),
+    ("truncated-tar", lambda d: _truncate(d / "shard-000000.tar"), "shard-000000.tar: a damaged tar file"),
     ("json-is-a-list", lambda d: _rewrite_shard(d / "shard-000000.tar", _json_member([1, 2])), "shard-000000.tar"),
     ("json-lacks-keys", lambda d: _rewrite_shard(d / "shard-000000.tar", _json_member({})), "shard-000000.tar"),
     ("member-dotdot", lambda d: _rewrite_shard(d / "shard-000000.tar", _extra_member("../../x.json")),
