@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from annotate_util import Server, artifacts_dir, db_rows, fill_disk, small_tmpfs
 
+pytestmark = pytest.mark.slow  # a real Chromium per test: CI and README's command run it
+
 PAYLOAD = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2"> a cat & a "dog"'
 CHROMIUM = os.environ.get("PREFKIT_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("PREFKIT_CHROMEDRIVER", "/usr/bin/chromedriver")
