@@ -158,6 +158,26 @@ def parse_json(text: str | bytes, where: str, whole_file: bool = False) -> Any:
         raise PrefkitError(f"{where}: not UTF-8 text ({exc.reason})") from None
 
 
+def jsonl_records(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """("FILE:LINE", parsed value) for every non-blank line of a JSON Lines file (a UTF-8 BOM allowed); a
+    line that is not JSON or not UTF-8 is one PrefkitError naming FILE:LINE. The value is not checked."""
+    with open(path, "rb") as f:
+        for i, line in enumerate(f, 1):
+            if i == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]
+            if line.strip():
+                where = f"{path}:{i}"
+                yield where, parse_json(line, where)
+
+
+def jsonl_objects(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """:func:`jsonl_records` where every line must be a JSON object."""
+    for where, rec in jsonl_records(path):
+        if not isinstance(rec, dict):
+            raise PrefkitError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        yield where, rec
+
+
 @contextlib.contextmanager
 def reading(path: str | Path, what: str = "prefkit shard") -> Iterator[None]:
     """Reading a file made by someone else: a damaged or foreign file (a truncated tar, a sample json that

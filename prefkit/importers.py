@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from prefkit.errors import PrefkitError
-from prefkit.fileio import parse_json
+from prefkit.fileio import jsonl_objects, parse_json
 from prefkit.labels import (
     Pair,
     SampleInfo,
@@ -135,7 +135,7 @@ def detect_format(path: Path) -> str:
             "(prefkit, pickapic, d3po, csv, labelstudio)"
         )
     if suffix in (".jsonl", ".ndjson"):
-        for where, rec in _jsonl(path):
+        for where, rec in jsonl_objects(path):
             if "choice" in rec or "votes" in rec:
                 return "prefkit"
             if "label_0" in rec:
@@ -508,21 +508,6 @@ def _load_json(path: Path) -> Any:
     return parse_json(text, str(path), whole_file=True)
 
 
-def _jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{i}"
-                rec = parse_json(line, where)
-                if not isinstance(rec, dict):
-                    raise PrefkitError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-                yield where, rec
-    except UnicodeDecodeError as exc:
-        raise PrefkitError(f"{path}: not UTF-8 text ({exc.reason})") from None
-
-
 def _records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, record) of a JSONL file (file:line), a JSON list or object (file, record N) or parquet."""
     suffix = path.suffix.lower()
@@ -537,7 +522,7 @@ def _records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 raise PrefkitError(f"{where}: expected a JSON object, got {type(rec).__name__}")
             yield where, rec
     else:
-        yield from _jsonl(path)
+        yield from jsonl_objects(path)
 
 
 def _parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:

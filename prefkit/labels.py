@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from prefkit.errors import PrefkitError
-from prefkit.fileio import parse_json, reading, remove_quietly
+from prefkit.fileio import jsonl_objects, jsonl_records, parse_json, reading, remove_quietly
 from prefkit.shards import atomic_write_bytes
 
 LABELS_DIR = "labels"
@@ -475,17 +475,14 @@ def read_pairs(folder: Path, name: str, samples: dict[str, SampleInfo] | None = 
     out: list[dict[str, Any]] = []
     seen: dict[str, str] = {}
     try:
-        with open(paths["pairs"], "rb") as f:
-            for i, line in enumerate(f, 1):
-                if line.strip():
-                    where = f"{paths['pairs']}:{i}"
-                    rec = check_pair_record(parse_json(line, where), samples, where)
-                    if rec["pair_id"] in seen:
-                        raise PrefkitError(
-                            f"{where}: pair {rec['pair_id']} is already given at {seen[rec['pair_id']]}"
-                        )
-                    seen[rec["pair_id"]] = where
-                    out.append(rec)
+        for where, raw in jsonl_records(paths["pairs"]):
+            rec = check_pair_record(raw, samples, where)
+            if rec["pair_id"] in seen:
+                raise PrefkitError(
+                    f"{where}: pair {rec['pair_id']} is already given at {seen[rec['pair_id']]}"
+                )
+            seen[rec["pair_id"]] = where
+            out.append(rec)
     except FileNotFoundError:
         raise PrefkitError(f"{paths['pairs']}: missing, but its label set's meta file is there") from None
     return out
@@ -525,24 +522,17 @@ def read_scores(folder: Path, name: str, samples: dict[str, SampleInfo]) -> list
 
     path = label_paths(folder, name)["scores"]
     out = []
-    with open(path, "rb") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{i}"
-            rec = parse_json(line, where)
-            if not isinstance(rec, dict):
-                raise PrefkitError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-            validate(rec, "score", where)
-            check_sample_key(rec["key"], samples, where)
-            if rec["group_id"] is not None and rec["group_id"] != samples[rec["key"]].group_id:
-                raise PrefkitError(
-                    f"{where}: group_id {rec['group_id']}, but sample {rec['key']} is in group "
-                    f"{samples[rec['key']].group_id}"
-                )
-            if not math.isfinite(float(rec["score"])):
-                raise PrefkitError(f"{where}: score {rec['score']} is not finite")
-            out.append(rec)
+    for where, rec in jsonl_objects(path):
+        validate(rec, "score", where)
+        check_sample_key(rec["key"], samples, where)
+        if rec["group_id"] is not None and rec["group_id"] != samples[rec["key"]].group_id:
+            raise PrefkitError(
+                f"{where}: group_id {rec['group_id']}, but sample {rec['key']} is in group "
+                f"{samples[rec['key']].group_id}"
+            )
+        if not math.isfinite(float(rec["score"])):
+            raise PrefkitError(f"{where}: score {rec['score']} is not finite")
+        out.append(rec)
     return out
 
 
