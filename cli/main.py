@@ -493,7 +493,8 @@ def bench(
         str,
         typer.Argument(
             help="What to measure: generate (overhead, bytes on disk), train (step cost vs a bare loop, "
-            "stored vs live, read throughput, peak memory) or all."
+            "stored vs live, read throughput, peak memory), all, or gpu (all of it on the real-size models "
+            "in bfloat16 on CUDA, with the environment, into --json; --dry-run: tiny models on the CPU)."
         ),
     ] = "all",
     model: Annotated[str, typer.Option(help="Model, as for generate.")] = "tiny-sd3",
@@ -522,19 +523,44 @@ def bench(
         typer.Option(help="Image width in pixels (default: the model's native size).", show_default=False),
     ] = None,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the figures as JSON here.")
+        Path | None,
+        typer.Option(
+            "--json", help="Also write the figures as JSON here (bench gpu: default bench-gpu.json)."
+        ),
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="bench gpu only: run the same code on the CPU with tiny models, 1 repeat."
+        ),
+    ] = False,
 ) -> None:
     """Measure prefkit against its baselines, as ratios taken in the same run. --model also takes the
     real-size random-weight models sd15-random and sd3-medium-random (built on first use; meant for
     --device cuda)."""
     import json
 
-    from prefkit.bench import print_figures, run_bench
+    from prefkit.bench import print_figures, run_bench, run_gpu_bench
     from prefkit.errors import PrefkitError
 
-    if what not in ("generate", "train", "all"):
-        _fail(PrefkitError(f"bench {what!r}: choose generate, train or all"))
+    if what not in ("generate", "train", "all", "gpu"):
+        _fail(PrefkitError(f"bench {what!r}: choose generate, train, all or gpu"))
+    if what == "gpu":
+        out = json_out or Path("bench-gpu.json")
+
+        def show(entry, figures):
+            typer.echo(
+                f"{entry['model']}, {entry['height']} px, {entry['steps']} steps, batch {entry['batch_size']}:"
+            )
+            print_figures(figures)
+
+        try:
+            report = run_gpu_bench(dry_run, repeats, on_figures=show)
+        except PrefkitError as exc:
+            _fail(exc)
+        out.write_text(json.dumps(report, indent=2))
+        typer.echo(f"wrote {out}")
+        return
     if device not in ("cpu", "cuda"):
         _fail(PrefkitError(f"--device {device}: choose cpu or cuda"))
     if min(steps, batch_size, repeats) < 1:

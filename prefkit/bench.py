@@ -8,6 +8,7 @@ number of images with the same model, steps, guidance, size and batch. The two a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import time
@@ -753,6 +754,86 @@ def run_bench(
         figures += bench_train(model, device, max(2, steps // 2), max(1, batch_size // 4), repeats, **size)
         figures += bench_memory(device, repeats, model=model, **size)
     return figures
+
+
+# -- the GPU run ----------------------------------------------------------------------------------------
+
+# What `prefkit bench gpu` measures on a CUDA device: the real-size random-weight models in bfloat16 at
+# their usual sizes (an 80-141 GB GPU holds each, with a deep-copied reference for the memory figure).
+GPU_PLAN = (
+    {"model": "sd15-random", "height": 512, "width": 512, "steps": 20, "batch_size": 4},
+    {"model": "sd3-medium-random", "height": 1024, "width": 1024, "steps": 28, "batch_size": 2},
+)
+# --dry-run: the same code on the CPU with the tiny models of the same families, so it cannot rot.
+DRY_PLAN = (
+    {"model": "tiny-sd15", "height": 32, "width": 32, "steps": 2, "batch_size": 2},
+    {"model": "tiny-sd3", "height": 32, "width": 32, "steps": 2, "batch_size": 2},
+)
+
+
+def environment(device: str) -> dict[str, Any]:
+    """What a figure depends on: date, device, library versions, the commit measured."""
+    import datetime
+    import platform
+    import subprocess
+    from pathlib import Path
+
+    import diffusers
+
+    from prefkit import __version__
+
+    if device == "cuda":
+        name = torch.cuda.get_device_name(0)
+    else:
+        name = platform.processor() or platform.machine()
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    commit = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).parent,
+        )
+        commit = res.stdout.strip() or None
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device,
+        "device_name": name,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "diffusers": diffusers.__version__,
+        "prefkit": __version__,
+        "commit": commit,
+    }
+
+
+def run_gpu_bench(dry_run: bool = False, repeats: int = 3, on_figures=None) -> dict[str, Any]:
+    """Every figure of ``run_bench("all")`` for each model of GPU_PLAN on CUDA in bfloat16 (``dry_run``:
+    DRY_PLAN on the CPU, 1 repeat), with the environment; ``on_figures(entry, figures)`` after each model."""
+    from prefkit.errors import PrefkitError
+
+    if not dry_run and not torch.cuda.is_available():
+        raise PrefkitError(
+            "bench gpu: no CUDA device here; `prefkit bench gpu --dry-run` runs the same code on the CPU "
+            "at tiny size"
+        )
+    device, plan = ("cpu", DRY_PLAN) if dry_run else ("cuda", GPU_PLAN)
+    report: dict[str, Any] = {"environment": environment(device), "dry_run": dry_run, "runs": []}
+    for entry in plan:
+        figures = run_bench(
+            "all", entry["model"], device, entry["steps"], entry["batch_size"],
+            1 if dry_run else repeats, "bfloat16", entry["height"], entry["width"],
+        )  # fmt: skip
+        report["runs"].append({**entry, "dtype": "bfloat16", "figures": [f.summary() for f in figures]})
+        if on_figures is not None:
+            on_figures(entry, figures)
+    return report
 
 
 if __name__ == "__main__":

@@ -80,3 +80,38 @@ def test_skipped_figure_is_reported_with_its_reason(capsys):
     print_figures([Figure("y", [1.0], [2.0], 1.05), skipped])
     out = capsys.readouterr().out
     assert "not measured: refused" in out and "<= 1.05 ok" in out
+
+
+@pytest.mark.slow
+def test_gpu_bench_dry_run_writes_every_figure_with_its_environment(cli, tmp_path):
+    """`prefkit bench gpu --dry-run`: the GPU run's code path on the CPU (tiny models of both families,
+    bfloat16, 1 repeat), so the command documented for a GPU machine cannot rot."""
+    from prefkit.bench import DRY_PLAN, GPU_PLAN
+
+    out = tmp_path / "gpu.json"
+    res = cli(["bench", "gpu", "--dry-run", "--json", out])
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    env = report["environment"]
+    assert report["dry_run"] is True and env["device"] == "cpu" and env["torch"] and env["device_name"]
+    assert [r["model"] for r in report["runs"]] == [p["model"] for p in DRY_PLAN] == ["tiny-sd15", "tiny-sd3"]
+    assert [p["model"] for p in GPU_PLAN] == ["sd15-random", "sd3-medium-random"]  # the same two families
+    for run in report["runs"]:
+        assert run["dtype"] == "bfloat16"
+        figures = run["figures"]
+        assert len(figures) == 9, [f["figure"] for f in figures]
+        for f in figures:
+            # a figure is measured with its ratio, or skipped with the reason (the stored reference in bf16)
+            assert ("ratio_median" in f and f["ratio_median"] > 0) or "stored" in f.get("skipped", ""), f
+        assert sum("ratio_median" in f for f in figures) == 7
+
+
+def test_gpu_bench_without_cuda_says_what_to_run(cli, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here: the real run would start")
+    res = cli(["bench", "gpu", "--json", tmp_path / "x.json"])
+    assert res.exit_code == 2
+    assert "no CUDA device" in res.output + res.stderr and "--dry-run" in res.output + res.stderr
+    assert not (tmp_path / "x.json").exists()
