@@ -2,8 +2,8 @@
 
 Diffusion-DPO on final image pairs lives in prefkit.train_images, and DDPO / TDPO on per-sample scores in
 prefkit.train_rewards; all three use the shared machinery of prefkit.train_engine (start_accelerator,
-setup_run, begin_outputs, train_loop, finish_run), re-exported here. --kl-coef (DPOK's KL to the reference) and --init-lora apply to every trajectory
-objective.
+setup_run, begin_outputs, train_loop, finish_run), re-exported here. --kl-coef (DPOK's KL to the
+reference) and --init-lora apply to every trajectory objective.
 
 Reads top to bottom: settings and checks (dataset, labels, model, guidance), the policy (base denoiser
 + LoRA; the reference is the SAME network with the adapters disabled, docs/math.md section 12), the pair stream,
