@@ -1,9 +1,9 @@
 """``prefkit train``: offline D3PO or dense-reward DPO on stored trajectories, LoRA, accelerate.
 
 Diffusion-DPO on final image pairs lives in prefkit.train_images, and DDPO / TDPO on per-sample scores in
-prefkit.train_rewards; both reuse the machinery here (start_accelerator, setup_run, begin_outputs,
-train_loop, finish_run). --kl-coef (DPOK's KL to the reference) and --init-lora apply to every trajectory
-objective.
+prefkit.train_rewards; all three use the shared machinery of prefkit.train_engine (start_accelerator,
+setup_run, begin_outputs, train_loop, finish_run), re-exported here. --kl-coef (DPOK's KL to the
+reference) and --init-lora apply to every trajectory objective.
 
 Reads top to bottom: settings and checks (dataset, labels, model, guidance), the policy (base denoiser
 + LoRA; the reference is the SAME network with the adapters disabled, docs/math.md section 12), the pair stream,
@@ -25,11 +25,8 @@ Per pair, S steps are trained on (k = 0 the first step from noise):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +34,7 @@ import torch
 
 from prefkit.config import TrainConfig
 from prefkit.errors import PrefkitError
-from prefkit.fileio import append_line, atomic_write_bytes, reading, removed_on_failure
+from prefkit.fileio import reading
 from prefkit.losses import (
     d3po_loss,
     dense_dpo_loss,
@@ -54,92 +51,46 @@ from prefkit.shards import (
     read_manifest,
     shard_spec,
 )
-
-OBJECTIVES = ("d3po", "dense", "diffusion-dpo", "ddpo", "tdpo")
-# objectives that train on per-sample scalar scores (prefkit.train_rewards) rather than on pairs
-REWARD_OBJECTIVES = ("ddpo", "tdpo")
-DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-CONTEXT_TARGETS = ["add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
-# the settings a resumed run must share with the interrupted one
-RESUME_KEYS = (
-    "dataset objective labels model reference beta eps gamma clip steps_per_pair timestep_fraction lr "
-    "weight_decay adam_beta1 adam_beta2 lr_schedule warmup_steps max_grad_norm batch_size grad_accum "
-    "lora_rank lora_alpha lora_dropout lora_targets mixed_precision seed guidance negative_prompt resolution "
-    "clip_range adv_clip min_prompt_count score_function kl_coef critic_lr critic_reset_every init_lora old_policy"
-).split()
-
-
-@dataclass
-class TrainPair:
-    """One training pair: sample keys of the winner and loser, its weight and its shard."""
-
-    key_w: str
-    key_l: str
-    weight: float
-    shard: int
-    pair_id: str
-
+from prefkit.train_engine import (  # noqa: F401 (re-exported: callers and tests use prefkit.train.NAME)
+    CONTEXT_TARGETS,
+    DEFAULT_TARGETS,
+    OBJECTIVES,
+    RESUME_KEYS,
+    REWARD_OBJECTIVES,
+    SUMMARY_WINDOW,
+    NonFiniteLoss,
+    Run,
+    TrainPair,
+    _offline,
+    _torch_save,
+    _trackers,
+    _write_yaml,
+    add_extras,
+    add_lora,
+    begin_outputs,
+    check_finite,
+    check_out,
+    epoch_order,
+    finish_run,
+    latest_checkpoint,
+    load_checkpoint,
+    load_init_lora,
+    lora_state,
+    recent_means,
+    reference_mode,
+    resolve,
+    save_checkpoint,
+    save_lora,
+    save_run_checkpoint,
+    seeded_generator,
+    setup_run,
+    start_accelerator,
+    sync_context,
+    train_loop,
+    truncate_metrics,
+)
 
 # -- settings -----------------------------------------------------------------------------------------
-
-
-def resolve(cfg: TrainConfig) -> TrainConfig:
-    """Fill in the per-objective defaults and check the numbers (nothing is written on bad input)."""
-    if not cfg.dataset:
-        raise PrefkitError(
-            "DATASET is required: a folder written by `prefkit generate`, labelled by `prefkit label`, "
-            "or a dataset published by `prefkit publish` (its folder or Hub id)"
-        )
-    if not cfg.out:
-        raise PrefkitError("--out is required: where the LoRA, checkpoints and metrics go")
-    if cfg.objective not in OBJECTIVES:
-        raise PrefkitError(f"--objective {cfg.objective}: choose {' or '.join(OBJECTIVES)}")
-    if cfg.reference not in ("live", "stored"):
-        raise PrefkitError(f"--reference {cfg.reference}: choose live or stored")
-    if cfg.old_policy not in ("auto", "stored", "live"):
-        raise PrefkitError(f"--old-policy {cfg.old_policy}: choose auto, stored or live")
-    if cfg.mixed_precision not in ("no", "fp16", "bf16"):
-        raise PrefkitError(f"--mixed-precision {cfg.mixed_precision}: choose no, fp16 or bf16")
-    if cfg.lr_schedule not in ("constant", "linear", "cosine"):
-        raise PrefkitError(f"--lr-schedule {cfg.lr_schedule}: choose constant, linear or cosine")
-    for name in ("max_steps", "batch_size", "grad_accum", "lora_rank"):
-        if getattr(cfg, name) < 1:
-            raise PrefkitError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
-    if not 0 < cfg.timestep_fraction <= 1:
-        raise PrefkitError(f"--timestep-fraction {cfg.timestep_fraction}: must be in (0, 1]")
-    if not 0 < cfg.gamma <= 1:
-        raise PrefkitError(f"--gamma {cfg.gamma}: must be in (0, 1]")
-    if not 0 < cfg.eps < 1:
-        raise PrefkitError(f"--eps {cfg.eps}: must be in (0, 1)")
-    if cfg.clip_range <= 0 or cfg.adv_clip <= 0:
-        raise PrefkitError(f"--clip-range {cfg.clip_range} / --adv-clip {cfg.adv_clip}: must be > 0")
-    if cfg.min_prompt_count < 0 or cfg.critic_reset_every < 0:
-        raise PrefkitError("--min-prompt-count and --critic-reset-every must be >= 0")
-    if cfg.kl_coef < 0:
-        raise PrefkitError(f"--kl-coef {cfg.kl_coef}: must be >= 0")
-    if cfg.critic_lr <= 0:
-        raise PrefkitError(f"--critic-lr {cfg.critic_lr}: must be > 0")
-    if cfg.kl_coef > 0 and cfg.objective == "diffusion-dpo":
-        raise PrefkitError("--kl-coef: the per-step KL needs trajectories (d3po, dense, ddpo, tdpo)")
-    if cfg.score_function and cfg.objective != "ddpo":
-        raise PrefkitError("--score-function is DDPO-SF: use it with --objective ddpo")
-    if cfg.steps_per_pair < 0:
-        raise PrefkitError(f"--steps-per-pair {cfg.steps_per_pair}: must be >= 0 (0 = exact)")
-    if cfg.resolution is not None and cfg.resolution < 1:
-        raise PrefkitError(f"--resolution {cfg.resolution}: must be at least 1")
-    d3po = cfg.objective == "d3po"
-    # diffusion-dpo: beta depends on the model family (5000 eps, 100 flow), filled in once it is loaded;
-    # the reward objectives have no beta
-    images = cfg.objective == "diffusion-dpo"
-    no_beta = images or cfg.objective in REWARD_OBJECTIVES
-    return dataclasses.replace(
-        cfg,
-        beta=cfg.beta if cfg.beta is not None or no_beta else (0.1 if d3po else 10.0),
-        weight_decay=cfg.weight_decay
-        if cfg.weight_decay is not None
-        else (2e-3 if cfg.objective == "dense" else 1e-4),
-        lora_alpha=cfg.lora_alpha if cfg.lora_alpha is not None else float(cfg.lora_rank),
-    )
 
 
 def load_train_pairs(folder: Path, labels: str | None, groups_per_shard: int) -> tuple[list[TrainPair], dict]:
@@ -192,8 +143,6 @@ def open_dataset(spec: str) -> tuple[Path, bool]:
         try:
             folder = Path(huggingface_hub.snapshot_download(spec, repo_type="dataset"))
         except Exception as exc:  # offline, not found, no access: one clear message, no stack trace
-            from prefkit.train_images import _offline
-
             raise PrefkitError(
                 f"DATASET {spec}: no such local folder, and the Hub dataset could not be downloaded"
                 + (" (HF_HUB_OFFLINE=1 is set and it is not in the cache)" if _offline() else "")
@@ -233,20 +182,6 @@ def load_published_pairs(
     if not pairs:
         raise PrefkitError(f"{folder}: the train split has no decided pair to train on ({ties} ties)")
     return pairs, {"label_sets": names, "split": "train", "pairs": len(pairs), "ties_skipped": ties}
-
-
-def epoch_order(pairs: list[TrainPair], seed: int, epoch: int) -> list[TrainPair]:
-    """Shards shuffled, then the pairs within each shard shuffled: reading stays shard by shard."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    by_shard: dict[int, list[TrainPair]] = {}
-    for p in pairs:
-        by_shard.setdefault(p.shard, []).append(p)
-    out = []
-    shards = sorted(by_shard)
-    for si in torch.randperm(len(shards), generator=g).tolist():
-        group = by_shard[shards[si]]
-        out += [group[i] for i in torch.randperm(len(group), generator=g).tolist()]
-    return out
 
 
 class ShardCache:
@@ -315,121 +250,6 @@ class PublishedShardCache(ShardCache):
 
 
 # -- the policy ---------------------------------------------------------------------------------------
-
-
-def add_lora(denoiser: torch.nn.Module, cfg: TrainConfig, family: str) -> None:
-    from peft import LoraConfig
-
-    targets = (
-        [t.strip() for t in cfg.lora_targets.split(",")]
-        if cfg.lora_targets
-        else DEFAULT_TARGETS + (CONTEXT_TARGETS if family in ("sd3", "flux") else [])
-    )
-    present = {n.rsplit(".", 1)[-1] for n, _ in denoiser.named_modules()} | {
-        n for n, _ in denoiser.named_modules()
-    }
-    targets = [t for t in targets if t in present or any(n.endswith("." + t) for n in present)]
-    if not targets:
-        raise PrefkitError("--lora-targets: none of the modules exist in this denoiser")
-    denoiser.requires_grad_(False)
-    denoiser.add_adapter(
-        LoraConfig(
-            r=cfg.lora_rank,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            init_lora_weights="gaussian",
-            target_modules=targets,
-        )
-    )
-
-
-@contextlib.contextmanager
-def reference_mode(denoiser: torch.nn.Module):
-    """The reference = the base model: the same network with its LoRA adapters disabled (docs/math.md section 12).
-    ``disable_adapters`` turns requires_grad off on the LoRA weights; they are restored in finally."""
-    trainable = [p for p in denoiser.parameters() if p.requires_grad]
-    denoiser.disable_adapters()
-    try:
-        yield
-    finally:
-        denoiser.enable_adapters()
-        for p in trainable:
-            p.requires_grad_(True)
-
-
-def lora_state(denoiser) -> dict[str, torch.Tensor]:
-    from peft.utils import get_peft_model_state_dict
-
-    return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(denoiser).items()}
-
-
-def save_lora(pipe, denoiser, folder: Path) -> None:
-    """The LoRA in diffusers format: ``pipe.load_lora_weights(folder)`` loads it and reproduces the
-    policy exactly (tests/test_lora_io.py). The peft state dict is saved as is: running it through
-    ``convert_state_dict_to_diffusers`` first turns SD3's attention keys into the old ``lora.down/up``
-    names, which ``load_lora_weights`` then silently skips. The LoraConfig goes along as the file's
-    adapter metadata: without it the loader assumes lora_alpha = rank, and a LoRA trained with another
-    --lora-alpha would load at the wrong scale."""
-    layers = lora_state(denoiser)
-    name = "unet" if hasattr(pipe, "unet") else "transformer"
-    kw = {
-        f"{name}_lora_layers": layers,
-        f"{name}_lora_adapter_metadata": denoiser.peft_config["default"].to_dict(),
-    }
-    type(pipe).save_lora_weights(str(folder), **kw, safe_serialization=True)
-
-
-def load_init_lora(denoiser, folder: str | Path, family: str) -> None:
-    """--init-lora: load a LoRA saved by prefkit train (OUT/lora or OUT/checkpoint-N, diffusers format)
-    into the LoRA just added to ``denoiser``. The two must match key for key and shape for shape (same
-    --lora-rank and targets) and in scale (same --lora-alpha, read from the file's adapter metadata);
-    anything else is an error, never a partial load. The adapters stay separate: the reference is still
-    the network with them disabled, i.e. the base model."""
-    from peft.utils import set_peft_model_state_dict
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = Path(folder).expanduser() / "pytorch_lora_weights.safetensors"
-    if not path.is_file():
-        raise PrefkitError(
-            f"--init-lora {folder}: no pytorch_lora_weights.safetensors there; give the lora/ folder (or a "
-            "checkpoint-N/ folder) that prefkit train wrote"
-        )
-    prefix = ("unet" if family == "ddim" else "transformer") + "."
-    saved = {k.removeprefix(prefix): v for k, v in load_file(str(path)).items()}
-    current = lora_state(denoiser)
-    missing = sorted(current.keys() - saved.keys())
-    extra = sorted(saved.keys() - current.keys())
-    shapes = [k for k in sorted(current.keys() & saved.keys()) if current[k].shape != saved[k].shape]
-    config = denoiser.peft_config["default"]
-    problems = []
-    if missing or extra:
-        problems.append(
-            f"{len(missing)} of this run's LoRA weights are not in the file"
-            + (f" (e.g. {missing[0]})" if missing else "")
-            + f" and {len(extra)} of the file's are not in this run"
-            + (f" (e.g. {extra[0]})" if extra else "")
-        )
-    if shapes:
-        k = shapes[0]
-        problems.append(
-            f"{len(shapes)} weights differ in shape (e.g. {k}: file {list(saved[k].shape)}, "
-            f"this run {list(current[k].shape)} with --lora-rank {config.r})"
-        )
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if "lora_adapter_metadata" in meta:
-        info = json.loads(meta["lora_adapter_metadata"])
-        alpha = info.get(f"{prefix}lora_alpha", info.get("lora_alpha"))
-        if alpha is not None and float(alpha) != float(config.lora_alpha):
-            problems.append(f"the file's lora_alpha {alpha} != this run's --lora-alpha {config.lora_alpha}")
-    if problems:
-        raise PrefkitError(
-            f"--init-lora {folder}: does not match this run's LoRA: "
-            + "; ".join(problems)
-            + ". Train with the same --lora-rank, --lora-alpha and --lora-targets as the run that saved it."
-        )
-    set_peft_model_state_dict(denoiser, {k: saved[k] for k in current})
 
 
 # -- the loop -----------------------------------------------------------------------------------------
@@ -556,271 +376,6 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
 # -- the machinery shared by every objective ---------------------------------------------------------
 
 
-@dataclass
-class Run:
-    """One training run's moving parts, shared by the trajectory objectives and diffusion-dpo."""
-
-    cfg: TrainConfig
-    out: Path
-    accelerator: Any
-    pipe: Any
-    family: Any
-    denoiser: torch.nn.Module
-    net: torch.nn.Module
-    params: list
-    optimizer: Any
-    lr_sched: Any
-    state: dict
-    # more objects with state_dict / load_state_dict saved in every checkpoint (extras.pt), e.g. TDPO's
-    # critic and its optimizer; registered with add_extras, which restores them when resuming
-    extras: dict = dataclasses.field(default_factory=dict)
-
-
-def add_extras(run: Run, **objects) -> None:
-    """Register objects (modules, optimizers) whose state goes into every checkpoint; when the run was
-    resumed from a checkpoint, their saved state is loaded now."""
-    run.extras.update(objects)
-    latest = latest_checkpoint(run.out) if run.cfg.resume and run.state["step"] > 0 else None
-    if latest is not None and (latest / "extras.pt").is_file():
-        saved = torch.load(latest / "extras.pt", weights_only=True)
-        for name, obj in objects.items():
-            obj.load_state_dict(saved[name])
-
-
-def start_accelerator(cfg: TrainConfig, out: Path):
-    """The Accelerator, with the process checks: a multi-process launch without CUDA must ask for the
-    CPU (gloo), or each process trains alone."""
-    from accelerate import Accelerator
-
-    from prefkit.distributed import check_world, launch_world
-
-    world, cpu = launch_world()
-    accelerator = Accelerator(
-        cpu=cpu, mixed_precision=cfg.mixed_precision, log_with=_trackers(cfg.log_with), project_dir=str(out)
-    )
-    check_world(accelerator.num_processes, world)
-    return accelerator
-
-
-def setup_run(cfg: TrainConfig, out: Path, accelerator, pipe, family) -> Run:
-    """Freeze the pipeline, add the LoRA, build AdamW and the LR schedule, prepare (DDP) the denoiser,
-    and restore the latest checkpoint when resuming."""
-    for part in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
-        m = getattr(pipe, part, None)
-        if m is not None:
-            m.requires_grad_(False)
-    torch.manual_seed(cfg.seed)  # LoRA initialisation
-    denoiser = family.denoiser
-    add_lora(denoiser, cfg, family.name)
-    if cfg.init_lora:
-        load_init_lora(denoiser, cfg.init_lora, family.name)
-    if cfg.gradient_checkpointing:
-        denoiser.enable_gradient_checkpointing()
-    params = [p for p in denoiser.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
-    )
-    from diffusers.optimization import get_scheduler
-
-    lr_sched = get_scheduler(
-        cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
-    )
-    # the LoRA-wrapped denoiser itself goes through prepare (DDP): its forward is what runs, so the
-    # gradients are synchronised (docs/math.md section 12, the second published bug)
-    net, optimizer = accelerator.prepare(denoiser, optimizer)
-    family.net = net
-
-    state = {"step": 0, "micro_batch": 0}
-    if cfg.resume and (latest := latest_checkpoint(out)) is not None:
-        state = load_checkpoint(latest, denoiser, optimizer, lr_sched)
-    if cfg.resume and accelerator.is_main_process:
-        # a run killed before its first checkpoint restarts from step 0: its metrics go too
-        truncate_metrics(out / "metrics.jsonl", state["step"])
-    return Run(cfg, out, accelerator, pipe, family, denoiser, net, params, optimizer, lr_sched, state)
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Keep the metrics lines of steps <= ``step`` (the checkpoint a resumed run starts from). A last line
-    torn by a kill or a full disk (no newline, not JSON) is dropped; damage elsewhere is an error."""
-    from prefkit.fileio import parse_json
-
-    if not path.is_file():
-        return
-    lines = path.read_bytes().split(b"\n")
-    kept = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = parse_json(line, f"{path}:{i}")
-            if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
-                raise PrefkitError(f"{path}:{i}: not a metrics record (an object with an integer 'step')")
-        except PrefkitError as exc:
-            if i == len(lines):  # the torn end of an interrupted append: no newline after it
-                break
-            raise PrefkitError(f"{exc}; remove the damaged line(s) or the file to resume") from None
-        if rec["step"] <= step:
-            kept.append(line.decode("utf-8") + "\n")
-    atomic_write_bytes(path, "".join(kept).encode())
-
-
-def begin_outputs(run: Run) -> None:
-    """config.yaml (the settings a resume must share) and the trackers."""
-    cfg = run.cfg
-    if run.accelerator.is_main_process:
-        run.out.mkdir(parents=True, exist_ok=True)
-        _write_yaml(run.out / "config.yaml", cfg.to_dict())
-    if cfg.log_with:
-        run.accelerator.init_trackers(
-            "prefkit", config={k: v for k, v in cfg.to_dict().items() if v is not None}
-        )
-
-
-def train_loop(run: Run, pairs: list, step, unit: str = "pairs") -> dict[str, Any]:
-    """The optimizer steps: micro-batches of pair positions (seeded order, see the module docstring),
-    accumulation, NaN stop, clipping, AdamW, schedule, metrics.jsonl, progress and checkpoints.
-
-    ``step(batch, sync)`` runs forward and backward of one micro-batch -- ``batch`` is a list of
-    (pair, epoch, position) -- and returns its metrics (``loss``, and ``accuracy`` for pairs).
-    ``pairs`` are the training items: pairs, or scored samples (``unit`` "samples"), each with a
-    ``shard``; the throughput is logged as ``{unit}_per_s``."""
-    cfg, out, accelerator, state = run.cfg, run.out, run.accelerator, run.state
-    main = accelerator.is_main_process
-    world, rank = accelerator.num_processes, accelerator.process_index
-    per_step = cfg.batch_size * world  # pairs per global micro-batch
-    # positions per epoch: whole global batches (B x N x A); with fewer pairs than one global batch,
-    # positions wrap around the epoch's order
-    global_batch = per_step * cfg.grad_accum
-    epoch_len = max(global_batch, len(pairs) - len(pairs) % global_batch)
-    metrics_path = out / "metrics.jsonl"
-    last: dict[str, Any] = {}
-    last_ckpt = latest_checkpoint(out)
-    t0, pairs_done = time.perf_counter(), 0
-    from prefkit.progress import progress
-
-    with progress(main and not cfg.quiet, cfg.max_steps, f"train {cfg.objective}", "steps") as advance:
-        advance(state["step"])
-        while state["step"] < cfg.max_steps:
-            sums: dict[str, float] = {}
-            try:
-                for a in range(cfg.grad_accum):
-                    epoch, pos = divmod(state["micro_batch"] * per_step, epoch_len)
-                    order = epoch_order(pairs, cfg.seed, epoch)
-                    start = pos + rank * cfg.batch_size
-                    batch = [
-                        (order[(start + i) % len(order)], epoch, start + i) for i in range(cfg.batch_size)
-                    ]
-                    stats = step(batch, a == cfg.grad_accum - 1)
-                    for k, v in stats.items():
-                        sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
-                    state["micro_batch"] += 1
-            except NonFiniteLoss as exc:
-                raise PrefkitError(
-                    f"step {state['step'] + 1}: the loss is {exc.args[0]}; stopped before updating the weights. "
-                    f"Last good checkpoint: {last_ckpt or 'none (no checkpoint was saved yet)'}"
-                ) from None
-            grad_norm = None
-            if cfg.max_grad_norm > 0:
-                grad_norm = float(accelerator.clip_grad_norm_(run.params, cfg.max_grad_norm))
-            run.optimizer.step()
-            run.lr_sched.step()
-            run.optimizer.zero_grad(set_to_none=True)
-            state["step"] += 1
-            pairs_done += global_batch
-            reduced = {
-                k: float(accelerator.reduce(torch.tensor(v, device=accelerator.device), "mean"))
-                for k, v in sums.items()
-            }
-            last = {
-                "step": state["step"],
-                **reduced,
-                "grad_norm": grad_norm,
-                "lr": run.lr_sched.get_last_lr()[0],
-                f"{unit}_per_s": pairs_done / (time.perf_counter() - t0),
-                "epoch": (state["micro_batch"] * per_step) // epoch_len,
-            }
-            if main:
-                append_line(metrics_path, json.dumps(last))
-            if cfg.log_with:
-                accelerator.log({k: v for k, v in last.items() if v is not None}, step=state["step"])
-            shown = (
-                f"acc {last['accuracy']:.2f}" if "accuracy" in last else f"clipfrac {last['clipfrac']:.2f}"
-            )
-            advance(1, f"loss {last['loss']:.4f}  {shown}  {last[f'{unit}_per_s']:.1f} {unit}/s")
-            if (
-                cfg.checkpoint_every
-                and state["step"] % cfg.checkpoint_every == 0
-                and state["step"] < cfg.max_steps
-            ):
-                last_ckpt = save_run_checkpoint(run)
-    return last
-
-
-SUMMARY_WINDOW = 20  # the final summary averages the metrics of this many last steps
-
-
-def recent_means(metrics_path: Path, window: int) -> dict[str, Any]:
-    """The mean of each metric over the last ``window`` steps of metrics.jsonl (steps before a resume
-    included): {"steps": n, "first_step", "last_step", metric: mean}. One micro-batch's loss and accuracy
-    (a few pairs) swing from step to step; this is what a run's end summary reports."""
-    records = []
-    for line in metrics_path.read_text().splitlines()[-window:]:
-        with contextlib.suppress(ValueError):
-            records.append(json.loads(line))
-    skip = {"step", "epoch", "lr"}
-    means: dict[str, Any] = {
-        "steps": len(records),
-        "first_step": records[0]["step"] if records else None,
-        "last_step": records[-1]["step"] if records else None,
-    }
-    for key in records[-1] if records else ():
-        values = [r.get(key) for r in records]
-        if key not in skip and all(isinstance(v, (int, float)) for v in values):
-            means[key] = sum(values) / len(values)
-    return means
-
-
-def save_run_checkpoint(run: Run) -> Path:
-    return save_checkpoint(
-        run.out, run.state, run.pipe, run.denoiser, run.optimizer, run.lr_sched, run.accelerator, run.extras
-    )
-
-
-def finish_run(run: Run, summary: dict) -> dict[str, Any] | None:
-    """The final checkpoint, the LoRA in diffusers format, summary.json with the mean metrics of the last
-    steps (returned, on the main process); trackers closed."""
-    save_run_checkpoint(run)
-    recent = None
-    if run.accelerator.is_main_process:
-        recent = summary["recent"] = recent_means(run.out / "metrics.jsonl", SUMMARY_WINDOW)
-        lora = run.out / "lora"
-        with removed_on_failure(lora):
-            save_lora(run.pipe, run.denoiser, lora)
-        atomic_write_bytes(run.out / "summary.json", json.dumps(summary, indent=2).encode())
-    run.accelerator.wait_for_everyone()
-    if run.cfg.log_with:
-        run.accelerator.end_training()
-    return recent
-
-
-def check_finite(loss: torch.Tensor, accelerator) -> None:
-    """Every process learns whether any process saw a NaN/inf, so all stop together (no hang)."""
-    flag = torch.tensor(float(torch.isfinite(loss.detach())), device=loss.device)
-    if float(accelerator.reduce(flag, "min")) < 1:
-        raise NonFiniteLoss(float(loss.detach()))
-
-
-def sync_context(accelerator, net, sync: bool):
-    """DDP all-reduces the gradients only in the last backward of an optimizer step; no_sync must
-    wrap the forward pass as well as the backward to take effect."""
-    return contextlib.nullcontext() if sync else accelerator.no_sync(net)
-
-
-def seeded_generator(seed: int, epoch: int, position: int) -> torch.Generator:
-    """The per-pair random choices, seeded by (seed, epoch, position): independent of batching."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + position) % (2**63))
-
-
 def micro_batch(
     cfg, family, denoiser, net, accelerator, schedule, sampler, batch, cache, embeds, sync
 ) -> dict:
@@ -942,10 +497,6 @@ def micro_batch(
     return stats
 
 
-class NonFiniteLoss(PrefkitError):
-    pass
-
-
 class EmbeddingStore:
     """Prompt embeddings stored by `generate --store-embeddings`, so no text encoder is loaded."""
 
@@ -1046,96 +597,3 @@ def verify_stored_reference(
 
 
 # -- checkpoints --------------------------------------------------------------------------------------
-
-
-def check_out(out: Path, cfg: TrainConfig) -> None:
-    if out.exists() and not out.is_dir():
-        raise PrefkitError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not cfg.resume:
-            raise PrefkitError(
-                f"--out {out}: not empty; pass --resume to continue the run there, or choose a new folder"
-            )
-        saved = out / "config.yaml"
-        if saved.is_file():
-            import yaml
-
-            old = {k.replace("-", "_"): v for k, v in (yaml.safe_load(saved.read_text()) or {}).items()}
-            new = resolve(cfg).to_dict()
-            diff = [k for k in RESUME_KEYS if k in old and old[k] != new[k]]
-            if diff:
-                shown = "; ".join(f"{k}: was {old[k]!r}, now {new[k]!r}" for k in diff)
-                raise PrefkitError(f"--resume {out}: settings differ from the interrupted run ({shown})")
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    found = sorted(
-        out.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1])
-    )
-    return found[-1].parent if found else None
-
-
-def save_checkpoint(
-    out: Path, state: dict, pipe, denoiser, optimizer, lr_sched, accelerator, extras: dict | None = None
-) -> Path:
-    """checkpoint-N/: the LoRA (diffusers format + peft keys), optimizer, LR schedule, RNG, data cursor.
-    Written to a temporary folder and renamed: a kill never leaves a half checkpoint behind."""
-    import os
-    import shutil
-
-    from safetensors.torch import save
-
-    final = out / f"checkpoint-{state['step']}"
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        tmp = out / f".checkpoint-{state['step']}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        with removed_on_failure(tmp, name=final):
-            tmp.mkdir(parents=True)
-            save_lora(pipe, denoiser, tmp)
-            (tmp / "lora_peft.safetensors").write_bytes(save(lora_state(denoiser)))
-            # serialised in memory, then written: torch.save's zip writer reports a full disk as
-            # "unexpected pos", while write() raises ENOSPC, which names the cause
-            _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
-            _torch_save(lr_sched.state_dict(), tmp / "scheduler.pt")
-            _torch_save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
-            if extras:
-                _torch_save({name: obj.state_dict() for name, obj in extras.items()}, tmp / "extras.pt")
-            (tmp / "trainer_state.json").write_text(json.dumps(state))
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def _torch_save(obj: Any, path: Path) -> None:
-    import io
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    path.write_bytes(buf.getbuffer())
-
-
-def load_checkpoint(folder: Path, denoiser, optimizer, lr_sched) -> dict:
-    """Restore a checkpoint. The reference stays the base model: it is the adapters-off network, and
-    only the adapters are restored (no copy of the model is taken after resuming, docs/math.md section 12)."""
-    from peft.utils import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    set_peft_model_state_dict(denoiser, load_file(str(folder / "lora_peft.safetensors")))
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    lr_sched.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    torch.set_rng_state(torch.load(folder / "rng.pt", weights_only=True)["torch"])
-    return json.loads((folder / "trainer_state.json").read_text())
-
-
-def _trackers(log_with: str | None):
-    return [t.strip() for t in log_with.split(",")] if log_with else None
-
-
-def _write_yaml(path: Path, values: dict) -> None:
-    import yaml
-
-    atomic_write_bytes(
-        path, yaml.safe_dump({k.replace("_", "-"): v for k, v in values.items()}, sort_keys=False).encode()
-    )

@@ -40,7 +40,8 @@ from prefkit.losses import (
     logit_normal_sigmas,
     soft_label_weight,
 )
-from prefkit.train import (
+from prefkit.train_engine import (
+    _offline,
     begin_outputs,
     check_finite,
     check_out,
@@ -120,12 +121,6 @@ def load_image_dataset(spec: str):
         if isinstance(loaded.features[c], datasets.Image):
             loaded = loaded.cast_column(c, datasets.Image(decode=False))
     return loaded
-
-
-def _offline() -> bool:
-    import os
-
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def image_pairs(ds, spec: str) -> tuple[list[ImagePair], dict]:

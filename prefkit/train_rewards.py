@@ -172,7 +172,7 @@ class RewardStep:
     critic and its optimizer, registered with the run so that checkpoints carry them."""
 
     def __init__(self, cfg: TrainConfig, run, family, schedule, sampler, cache, embeds, items):
-        from prefkit.train import add_extras
+        from prefkit.train_engine import add_extras
 
         self.cfg, self.run, self.family, self.schedule = cfg, run, family, schedule
         self.sampler, self.cache, self.embeds = sampler, cache, embeds
@@ -210,7 +210,7 @@ class RewardStep:
     def old_policy_mode(self):
         """The network that sampled the dataset: adapters off (the base model), or the frozen ``sampler``
         adapter holding the --init-lora weights."""
-        from prefkit.train import reference_mode
+        from prefkit.train_engine import reference_mode
 
         if self.cfg.init_lora:
             return adapter_mode(self.run.denoiser, SAMPLER_ADAPTER)
@@ -260,7 +260,7 @@ class RewardStep:
     def __call__(self, batch: list, sync: bool) -> dict[str, float]:
         from prefkit.logprob import gaussian_logprob
         from prefkit.sampling import step_distribution
-        from prefkit.train import check_finite, reference_mode, seeded_generator, sync_context
+        from prefkit.train_engine import check_finite, reference_mode, seeded_generator, sync_context
 
         cfg, family, schedule, sampler = self.cfg, self.family, self.schedule, self.sampler
         accelerator, denoiser, net = self.run.accelerator, self.run.denoiser, self.run.net

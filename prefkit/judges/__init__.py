@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prefkit.errors import PrefkitError
+from prefkit.judges.common import DTYPES, rgb_images, torch_device, torch_dtype  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -57,24 +58,6 @@ class PairJudge(Protocol):
 
 
 AI_SOURCES = ("llava", "jpeg", "aesthetic", "pickscore", "shapes")
-DTYPES = ("float32", "float16", "bfloat16")
-
-
-def torch_dtype(name: str):
-    import torch
-
-    if name not in DTYPES:
-        raise PrefkitError(f"--dtype {name!r}: choose one of {', '.join(DTYPES)}")
-    return getattr(torch, name)
-
-
-def torch_device(name: str):
-    import torch
-
-    try:
-        return torch.device(name)
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise PrefkitError(f"--device {name!r}: not a torch device (cpu, cuda, cuda:1, ...): {exc}") from exc
 
 
 def make_judge(options: JudgeOptions) -> Scorer | PairJudge:
@@ -108,16 +91,3 @@ def make_judge(options: JudgeOptions) -> Scorer | PairJudge:
 
 def is_pair_judge(judge: Any) -> bool:
     return hasattr(judge, "compare")
-
-
-def rgb_images(images: Sequence[Any]) -> list:
-    """PIL RGB images from PIL images of any mode or HxWxC arrays."""
-    import numpy as np
-    from PIL import Image
-
-    out = []
-    for image in images:
-        if not isinstance(image, Image.Image):
-            image = Image.fromarray(np.asarray(image))
-        out.append(image if image.mode == "RGB" else image.convert("RGB"))
-    return out

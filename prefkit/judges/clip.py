@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from prefkit.errors import PrefkitError
-from prefkit.judges import rgb_images, torch_device, torch_dtype
+from prefkit.judges.common import rgb_images, torch_device, torch_dtype
 
 PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"

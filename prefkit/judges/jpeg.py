@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefkit.errors import PrefkitError
-from prefkit.judges import rgb_images
+from prefkit.judges.common import rgb_images
 
 METHODS = ("compressibility", "incompressibility")
 QUALITY = 95  # DDPO: image.save(buffer, format="JPEG", quality=95)

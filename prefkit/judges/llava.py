@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from prefkit.errors import PrefkitError
-from prefkit.judges import rgb_images, torch_device, torch_dtype
+from prefkit.judges.common import rgb_images, torch_device, torch_dtype
 
 DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
 DEFAULT_PAIRWISE_MODEL = "llava-hf/llava-interleave-qwen-7b-hf"

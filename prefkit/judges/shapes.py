@@ -18,7 +18,7 @@ from typing import Any
 
 from prefkit import shapes
 from prefkit.errors import PrefkitError
-from prefkit.judges import rgb_images
+from prefkit.judges.common import rgb_images
 
 
 def parse_or_fail(prompt: str) -> shapes.Caption:

@@ -230,7 +230,7 @@ def _sd15_parts() -> tuple[str, dict[str, Callable[[], Any]]]:
     """The pipeline class and, per component, a function that builds it (in the order they are seeded)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
-    from prefkit.models.tiny import _clip_tokenizer
+    from prefkit.models.parts import _clip_tokenizer
 
     tokenizer = _clip_tokenizer()
     return "StableDiffusionPipeline", {
@@ -245,7 +245,7 @@ def _sd15_parts() -> tuple[str, dict[str, Callable[[], Any]]]:
 def _sd3_parts() -> tuple[str, dict[str, Callable[[], Any]]]:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
-    from prefkit.models.tiny import _clip_tokenizer, _t5_tokenizer
+    from prefkit.models.parts import _clip_tokenizer, _t5_tokenizer
 
     tok, tok_2, tok_3 = _clip_tokenizer(), _clip_tokenizer(), _t5_tokenizer(max_length=_T5_MODEL_MAX_LENGTH)
     return "StableDiffusion3Pipeline", {
@@ -297,7 +297,7 @@ def write_pipeline(name: str, folder: str | Path, seed: int = 0) -> None:
     import diffusers
     import torch
 
-    from prefkit.models.tiny import _seeded
+    from prefkit.models.parts import _seeded
 
     folder = Path(folder)
     cls_name, parts = _PARTS[name]()
@@ -322,7 +322,7 @@ def write_pipeline(name: str, folder: str | Path, seed: int = 0) -> None:
 
 def _builder(name: str) -> Callable[..., str]:
     def build(path, seed: int = 0) -> str:
-        from prefkit.models.tiny import _build
+        from prefkit.models.parts import _build
 
         return _build(None, path, seed, write=lambda tmp, s: write_pipeline(name, tmp, s))
 
