@@ -542,6 +542,7 @@ def bench(
 
     from prefkit.bench import print_figures, run_bench, run_gpu_bench
     from prefkit.errors import PrefkitError
+    from prefkit.fileio import atomic_write_bytes
 
     if what not in ("generate", "train", "all", "gpu"):
         _fail(PrefkitError(f"bench {what!r}: choose generate, train, all or gpu"))
@@ -556,9 +557,9 @@ def bench(
 
         try:
             report = run_gpu_bench(dry_run, repeats, on_figures=show)
+            atomic_write_bytes(out, json.dumps(report, indent=2).encode())
         except PrefkitError as exc:
             _fail(exc)
-        out.write_text(json.dumps(report, indent=2))
         typer.echo(f"wrote {out}")
         return
     if device not in ("cpu", "cuda"):
@@ -573,7 +574,10 @@ def bench(
         _fail(exc)
     print_figures(figures)
     if json_out is not None:
-        json_out.write_text(json.dumps([f.summary() for f in figures], indent=2))
+        try:
+            atomic_write_bytes(json_out, json.dumps([f.summary() for f in figures], indent=2).encode())
+        except PrefkitError as exc:
+            _fail(exc)
 
 
 @app.command()
