@@ -97,8 +97,8 @@ def bench_generate(
 
     Prompts are encoded inside both timed calls: prefkit's per-prompt cache is emptied before each of
     its runs (``pipe(...)`` encodes every call), so neither side reuses text encodings of the last."""
+    from prefkit.families import DTYPES, family_of, load_pipeline, t5_length
     from prefkit.generate import _sample_files
-    from prefkit.pipeline import DTYPES, family_of, load_pipeline, t5_length
     from prefkit.sampling import SamplerSettings, sample
 
     pipe = load_pipeline(model, dtype=DTYPES[_dtype_name(dtype, device)], device=torch.device(device))
@@ -294,7 +294,7 @@ def _bare_setup(folder, cfg, device: str, deep_copy: bool = False):
     """The policy as run_train builds it (same pipeline, dtype, LoRA, seed, AdamW), without Accelerate."""
     import copy
 
-    from prefkit.pipeline import DTYPES, family_of, load_pipeline
+    from prefkit.families import DTYPES, family_of, load_pipeline
     from prefkit.sampling import SamplerSettings
     from prefkit.shards import read_manifest
     from prefkit.train import add_lora, resolve
@@ -496,7 +496,7 @@ def _denoiser_bytes(model: str) -> float:
     without downloading, and Hub models are not tiny)."""
     from pathlib import Path
 
-    from prefkit.pipeline import resolve_model
+    from prefkit.families import resolve_model
 
     folder = Path(resolve_model(model)).expanduser()
     if not folder.is_dir():

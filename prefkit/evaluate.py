@@ -10,14 +10,14 @@ Reads top to bottom:
    ``prefkit generate --lora`` writes with the same settings -- sample with the adapters off (base), then on
    (tuned): same prompts, same seeds, so the same initial noise and per-step noise; with ``--kl`` the tuned
    chain's log-probs under the base denoiser; then score.
-4. statistics (:mod:`prefkit.stats`), the grid, ``report.json`` and ``samples.jsonl``, written atomically.
+4. statistics (:mod:`prefkit.math.stats`), the grid, ``report.json`` and ``samples.jsonl``, written atomically.
 
 Outcome of one sample (prompt p, sample i; base and tuned share its seed):
   scorer       d = score(tuned) - score(base): win if d > tie_margin, loss if d < -tie_margin, else tie
   pair judge   judge.compare(base, tuned) (prefkit's pairwise judges ask in both orders): "1" win,
                "0" loss, "tie" tie, None no verdict (left out of the win rate, counted)
   win rate     (wins + ties / 2) / (wins + ties + losses), with the sign test's 95 % interval (the Wilson
-               interval of wins / (wins + losses), put on the win rate's scale: prefkit.stats)
+               interval of wins / (wins + losses), put on the win rate's scale: prefkit.math.stats)
 
 Drift, per sample:
   latent_rms   sqrt(mean((x0_tuned - x0_base)^2)) over the final latent's elements (same seed)
@@ -126,7 +126,7 @@ def find_origin(spec: str | None) -> Origin:
 def resolve_settings(cfg: EvalConfig, origin: Origin) -> tuple[dict[str, Any], dict[str, str], str]:
     """(values, where each came from, what to load as the model). Flags win over the training run, the
     training run over the defaults of ``prefkit generate`` and of the model."""
-    from prefkit.pipeline import loadable
+    from prefkit.families import loadable
 
     run: dict[str, Any] = {}
     train, manifest = origin.train or {}, origin.manifest
@@ -191,7 +191,7 @@ def check_out(out: Path, overwrite: bool) -> None:
 def training_labels(origin: Origin) -> list[dict[str, Any]] | None:
     """The meta records (``labels/NAME.meta.json``) of the label sets the LoRA was trained on; None when
     no training run was found or a meta cannot be read."""
-    from prefkit.labels import label_sets, read_meta
+    from prefkit.label_sets import label_sets, read_meta
 
     folder = origin.folder
     if folder is None or origin.train is None:
@@ -392,7 +392,7 @@ def _pixel_mad(a, b) -> float:
 
 def summarize(rows: list[dict[str, Any]], scored: bool, kl: bool) -> dict[str, Any]:
     """The report's summary of the per-sample rows (see the module docstring)."""
-    from prefkit.stats import mean_interval, win_rate
+    from prefkit.math.stats import mean_interval, win_rate
 
     count = {o: sum(r["outcome"] == o for r in rows) for o in ("win", "tie", "loss", "none")}
     summary: dict[str, Any] = {

@@ -25,8 +25,8 @@ import torch
 from prefkit import __version__
 from prefkit.config import GENERATE_IDENTITY_KEYS, GenerateConfig
 from prefkit.errors import PrefkitError
-from prefkit.logprob import LP_REDUCTION
-from prefkit.pipeline import DTYPES, resolve_model
+from prefkit.families import DTYPES, resolve_model
+from prefkit.math.logprob import LP_REDUCTION
 from prefkit.progress import progress
 from prefkit.prompts import resolve_prompts
 from prefkit.shards import (
@@ -130,7 +130,7 @@ class Setup:
 
 def setup(cfg: GenerateConfig, device) -> Setup:
     """Validate ``cfg``, load its model and resolve the defaults that depend on the model."""
-    from prefkit.pipeline import family_of, load_pipeline
+    from prefkit.families import family_of, load_pipeline
     from prefkit.sampling import SamplerSettings
 
     validate_numbers(cfg)

@@ -1,8 +1,8 @@
-"""Human label files -> :class:`prefkit.labels.Vote` objects (or, for D3PO score files, pairs).
+"""Human label files -> :class:`prefkit.label_sets.Vote` objects (or, for D3PO score files, pairs).
 
 Every reader names the FILE and the LINE (JSONL, CSV), the record or row (JSON lists, parquet) or the
 task (Label Studio) in the :class:`~prefkit.errors.PrefkitError` it raises for malformed input, and puts
-the same place in each vote's ``where`` so :func:`prefkit.labels.check_votes` (unknown keys, pairs across
+the same place in each vote's ``where`` so :func:`prefkit.label_sets.check_votes` (unknown keys, pairs across
 prompts, a sample paired with itself, duplicates, contradictions) names it too.
 
 Formats (``--format``):
@@ -21,7 +21,7 @@ Formats (``--format``):
     D3PO's per-annotator score lists, read by :func:`import_d3po`: one JSON file per annotator (the
     annotator is the file's stem) holding a list per prompt group (list index = the dataset's groups in
     ``group_id`` order) of one score per sample (index = ``sample_index``). The annotators' scores are
-    averaged, then pairs are formed with :func:`prefkit.labels.pairs_from_scores`.
+    averaged, then pairs are formed with :func:`prefkit.label_sets.pairs_from_scores`.
 ``csv``
     A header with ``key_0, key_1, choice`` (``0``, ``1``, ``tie``; ``0.5`` is a tie too) and optional
     ``annotator``, ``lead_time_s``, ``created_at``. Line numbers count the header as line 1.
@@ -62,7 +62,7 @@ from typing import Any
 
 from prefkit.errors import PrefkitError
 from prefkit.fileio import jsonl_objects, parse_json
-from prefkit.labels import (
+from prefkit.label_sets import (
     Pair,
     SampleInfo,
     Vote,
@@ -158,7 +158,7 @@ def read_votes(
     Returns (votes, counts) with counts ``skipped`` (records without a label: ``has_label: false``, empty
     Label Studio results) and ``cancelled`` (Label Studio annotations with ``was_cancelled``). Votes are
     not checked against the dataset here beyond resolving Label Studio paths to keys: run
-    :func:`prefkit.labels.check_votes` on them. D3PO score files are read by :func:`import_d3po`.
+    :func:`prefkit.label_sets.check_votes` on them. D3PO score files are read by :func:`import_d3po`.
     """
     if fmt not in FORMATS:
         raise PrefkitError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
@@ -202,7 +202,7 @@ def import_d3po(
 
     Each file is a list with one entry per prompt group of the dataset (in ``group_id`` order), each a list
     of one number per sample of that group (in ``sample_index`` order). The annotators' scores are averaged
-    per sample, then :func:`prefkit.labels.pairs_from_scores` forms pairs (``policy``, ``tie_margin``;
+    per sample, then :func:`prefkit.label_sets.pairs_from_scores` forms pairs (``policy``, ``tie_margin``;
     equal means are ties, kept). Each pair keeps every annotator's own verdict on it (their two scores
     compared with the same margin) in ``votes`` and their pairwise ``agreement``; ``judge`` holds the mean
     scores (``score_0``, ``score_1``).

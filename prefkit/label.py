@@ -13,7 +13,7 @@ from typing import Any
 
 from prefkit.config import LabelConfig
 from prefkit.errors import PrefkitError
-from prefkit.labels import (
+from prefkit.label_sets import (
     CHOICE_LABEL,
     PAIR_POLICIES,
     Pair,
@@ -262,7 +262,7 @@ def print_stats(folder: Path) -> list[dict[str, Any]]:
     from rich.console import Console
     from rich.table import Table
 
-    from prefkit.labels import label_sets, read_meta, read_pairs
+    from prefkit.label_sets import label_sets, read_meta, read_pairs
     from prefkit.shards import read_manifest
 
     manifest = read_manifest(folder)

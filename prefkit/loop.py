@@ -107,7 +107,7 @@ def _generate(cfg: LoopConfig, data: Path, lora: Path | None, r: int) -> None:
 
 def _label(cfg: LoopConfig, data: Path, name: str) -> None:
     from prefkit.label import run_label
-    from prefkit.labels import label_sets
+    from prefkit.label_sets import label_sets
 
     if name in label_sets(data):
         return
@@ -148,7 +148,7 @@ def _train(
 
 
 def round_scores(data: Path, name: str) -> list[float]:
-    from prefkit.labels import label_paths
+    from prefkit.label_sets import label_paths
 
     path = label_paths(data, name)["scores"]
     if not path.is_file():

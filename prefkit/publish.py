@@ -206,7 +206,7 @@ def build_folder(
     max_parquet_bytes: int = MAX_PARQUET_BYTES,
 ) -> dict[str, Any]:
     """Write the Hub-ready folder for ``folder`` and label set ``labels`` into ``staging`` (wiped first)."""
-    from prefkit.labels import label_paths, label_sets, read_meta, read_pairs
+    from prefkit.label_sets import label_paths, label_sets, read_meta, read_pairs
     from prefkit.shards import MANIFEST, finished_shards, read_manifest, shard_spec
 
     folder = Path(folder)

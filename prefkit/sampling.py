@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from prefkit.logprob import gaussian_logprob
-from prefkit.pipeline import Conditioning, Family, Schedule
+from prefkit.families import Conditioning, Family, Schedule
+from prefkit.math.logprob import gaussian_logprob
 
 
 @dataclass

@@ -111,7 +111,7 @@ def check_stored_lp(
     """Measure |stored lp - live lp| of ``samples`` (ShardCache entries: latents [K+1, ...], logprobs [K])
     at the first, middle and last step, the live side under ``policy()`` (the network whose lp were stored:
     adapters off, or the sampling adapter) and ``autocast()``, all samples in one batch, no gradient."""
-    from prefkit.logprob import gaussian_logprob
+    from prefkit.math.logprob import gaussian_logprob
     from prefkit.sampling import step_distribution
 
     dev = family.device

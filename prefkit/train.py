@@ -35,7 +35,7 @@ import torch
 from prefkit.config import TrainConfig
 from prefkit.errors import PrefkitError
 from prefkit.fileio import reading
-from prefkit.losses import (
+from prefkit.math.losses import (
     d3po_loss,
     dense_dpo_loss,
     gamma_weights,
@@ -95,7 +95,7 @@ from prefkit.train_engine import (  # noqa: F401 (re-exported: callers and tests
 
 def load_train_pairs(folder: Path, labels: str | None, groups_per_shard: int) -> tuple[list[TrainPair], dict]:
     """Decided pairs of the chosen label set(s); several sets are merged by averaging label_0 per pair."""
-    from prefkit.labels import dataset_samples, label_sets, read_pairs
+    from prefkit.label_sets import dataset_samples, label_sets, read_pairs
 
     available = label_sets(folder)
     if labels is None:
@@ -262,7 +262,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
 
         return run_image_train(cfg)
 
-    from prefkit.pipeline import DTYPES, family_of, load_pipeline, loadable
+    from prefkit.families import DTYPES, family_of, load_pipeline, loadable
     from prefkit.sampling import SamplerSettings
 
     cfg = resolve(cfg)
@@ -380,7 +380,7 @@ def micro_batch(
     cfg, family, denoiser, net, accelerator, schedule, sampler, batch, cache, embeds, sync
 ) -> dict:
     """Forward (reference, then policy) and backward of one micro-batch of B pairs; returns metrics."""
-    from prefkit.logprob import gaussian_logprob
+    from prefkit.math.logprob import gaussian_logprob
     from prefkit.sampling import encode, step_distribution
 
     K = schedule.num_steps
@@ -509,7 +509,7 @@ class EmbeddingStore:
         self.family, self.sampler = family, sampler
 
     def conditioning(self, groups: list[int]):
-        from prefkit.pipeline import Conditioning
+        from prefkit.families import Conditioning
 
         dev = self.family.device
         t = self.tensors

@@ -33,7 +33,7 @@ import torch
 
 from prefkit.config import TrainConfig
 from prefkit.errors import PrefkitError
-from prefkit.losses import (
+from prefkit.math.losses import (
     diffusion_dpo_loss,
     eps_noising,
     flow_noising,
@@ -168,7 +168,7 @@ def encode_images(family, images: list, size: int) -> torch.Tensor:
 
 def run_image_train(cfg: TrainConfig) -> dict[str, Any]:
     """Diffusion-DPO on ``cfg.dataset``; returns the final metrics record plus the pair counts."""
-    from prefkit.pipeline import DTYPES, family_of, load_pipeline
+    from prefkit.families import DTYPES, family_of, load_pipeline
 
     cfg = resolve(cfg)
     if cfg.reference != "live":
@@ -215,7 +215,7 @@ def run_image_train(cfg: TrainConfig) -> dict[str, Any]:
     scale = 1.0 / cfg.grad_accum
 
     def step(batch, sync: bool) -> dict:
-        from prefkit.pipeline import Schedule
+        from prefkit.families import Schedule
 
         B = len(batch)
         dev = family.device

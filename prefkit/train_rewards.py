@@ -48,7 +48,7 @@ import torch
 
 from prefkit.config import TrainConfig
 from prefkit.errors import PrefkitError
-from prefkit.losses import ddpo_loss, gaussian_step_kl, per_prompt_advantages
+from prefkit.math.losses import ddpo_loss, gaussian_step_kl, per_prompt_advantages
 
 
 @dataclass
@@ -67,7 +67,7 @@ def load_scored_samples(
     folder: Path, cfg: TrainConfig, groups_per_shard: int
 ) -> tuple[list[TrainSample], dict[str, Any]]:
     """The samples of ONE label set's per-sample scores, with their advantages."""
-    from prefkit.labels import dataset_samples, label_paths, label_sets, read_meta, read_scores
+    from prefkit.label_sets import dataset_samples, label_paths, label_sets, read_meta, read_scores
 
     available = label_sets(folder)
     names = [n.strip() for n in cfg.labels.split(",") if n.strip()] if cfg.labels else available
@@ -258,7 +258,7 @@ class RewardStep:
         return check
 
     def __call__(self, batch: list, sync: bool) -> dict[str, float]:
-        from prefkit.logprob import gaussian_logprob
+        from prefkit.math.logprob import gaussian_logprob
         from prefkit.sampling import step_distribution
         from prefkit.train_engine import check_finite, reference_mode, seeded_generator, sync_context
 

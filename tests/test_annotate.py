@@ -20,7 +20,7 @@ from annotate_util import ROOT, Server, artifacts_dir, db_rows, fill_disk, small
 
 from prefkit.annotate.store import Conflict, NotFound, StorageError, VoteStore, canonical_choice
 from prefkit.errors import PrefkitError
-from prefkit.labels import read_meta, read_pairs
+from prefkit.label_sets import read_meta, read_pairs
 
 
 def vid() -> str:

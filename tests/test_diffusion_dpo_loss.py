@@ -7,7 +7,7 @@ import math
 import torch
 from torch.testing import assert_close
 
-from prefkit.losses import diffusion_dpo_loss
+from prefkit.math.losses import diffusion_dpo_loss
 
 
 def test_log2_when_policy_equals_reference():
@@ -48,7 +48,7 @@ def test_sign_lowering_the_winners_error_lowers_the_loss():
 def test_eps_noising_equals_diffusers_add_noise():
     from diffusers import DDPMScheduler
 
-    from prefkit.losses import eps_noising
+    from prefkit.math.losses import eps_noising
 
     sch = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     g = torch.Generator().manual_seed(0)
@@ -60,7 +60,7 @@ def test_eps_noising_equals_diffusers_add_noise():
 def test_flow_noising_and_its_velocity():
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from prefkit.losses import flow_noising, logit_normal_sigmas
+    from prefkit.math.losses import flow_noising, logit_normal_sigmas
 
     g = torch.Generator().manual_seed(1)
     x0, e = torch.randn(2, 16, 4, 4, generator=g), torch.randn(2, 16, 4, 4, generator=g)

@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
+from prefkit.math.stats import mean_interval, t_quantile_975, wilson_interval, win_rate
 from prefkit.schemas import validate
-from prefkit.stats import mean_interval, t_quantile_975, wilson_interval, win_rate
 
 NONE = {"value": None, "low": None, "high": None}  # a win rate without comparisons (or decisive pairs)
 
@@ -230,7 +230,7 @@ def test_base_samples_equal_a_lora_free_pipeline(bright_run, tiny_models):
 def zero_lora(tiny_models, tmp_path_factory):
     """An untrained LoRA (B = 0, as peft initialises it) saved outside any training run."""
     from prefkit.config import TrainConfig
-    from prefkit.pipeline import family_of, load_pipeline
+    from prefkit.families import family_of, load_pipeline
     from prefkit.train import add_lora, save_lora
 
     pipe = load_pipeline(tiny_models["sd3"])
@@ -319,7 +319,7 @@ def test_untrained_lora_other_families(tiny_models, family, tmp_path):
     """The other families: adapters switch off and on through the pipeline (DDIM with eta, FLUX)."""
     from prefkit.config import EvalConfig, TrainConfig
     from prefkit.evaluate import run_eval
-    from prefkit.pipeline import family_of, load_pipeline
+    from prefkit.families import family_of, load_pipeline
     from prefkit.train import add_lora, save_lora
 
     pipe = load_pipeline(tiny_models[family])

@@ -485,7 +485,7 @@ def test_store_embeddings_once_per_group(generated, raw_samples, tiny_models):
     import torch
     from safetensors.torch import load_file
 
-    from prefkit.pipeline import family_of, load_pipeline
+    from prefkit.families import family_of, load_pipeline
 
     folder = generated[SHARED]
     manifest = _manifest(folder)

@@ -224,7 +224,7 @@ def test_latent_member_bound_comes_from_the_manifest(labelled_dataset):
 )
 def test_members_that_are_not_sample_files_are_refused(labelled_dataset, tmp_path, member, problem):
     from prefkit.errors import PrefkitError
-    from prefkit.labels import dataset_samples
+    from prefkit.label_sets import dataset_samples
 
     folder = copy_dataset(labelled_dataset, tmp_path / "ds")
     with tarfile.open(folder / SHARD, "a") as tar:

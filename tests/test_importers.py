@@ -16,7 +16,7 @@ import pytest
 
 from prefkit.errors import PrefkitError
 from prefkit.importers import detect_format, import_d3po, import_human, read_votes
-from prefkit.labels import (
+from prefkit.label_sets import (
     Pair,
     Vote,
     check_votes,
@@ -592,7 +592,7 @@ def _pairs(samples) -> list[Pair]:
 
 
 def test_write_label_set_failing_mid_write_leaves_no_file(dataset, samples, monkeypatch):
-    import prefkit.labels as labels
+    import prefkit.label_sets as labels
 
     real = labels.atomic_write_bytes
     calls = []
@@ -621,7 +621,7 @@ def test_write_label_set_invalid_record_3_writes_nothing(dataset, samples):
 
 
 def test_overwrite_failing_leaves_no_half_set(dataset, samples, monkeypatch):
-    import prefkit.labels as labels
+    import prefkit.label_sets as labels
 
     write_label_set(dataset, "atomic-over", _pairs(samples), meta={"source": "human"})
     assert "atomic-over" in labels.label_sets(dataset)

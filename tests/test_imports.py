@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "prefkit"
 CLI = ROOT / "cli"  # installed as prefkit.cli (pyproject.toml [tool.setuptools.package-dir])
-MATH_MODULES = ("prefkit.logprob", "prefkit.losses", "prefkit.stats")
+MATH_MODULES = ("prefkit.math.logprob", "prefkit.math.losses", "prefkit.math.stats")
 MATH_ALLOWED_THIRD_PARTY = {"torch", "numpy"}
 
 
@@ -76,7 +76,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_graph_sees_function_level_imports():
     graph = import_graph()
-    assert "prefkit.pipeline" in graph["prefkit.sampling"]
+    assert "prefkit.families" in graph["prefkit.sampling"]
     assert len(graph) > 30
 
 

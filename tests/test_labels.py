@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from prefkit.errors import PrefkitError
-from prefkit.labels import SampleInfo, pairs_from_scores
+from prefkit.label_sets import SampleInfo, pairs_from_scores
 
 
 def _samples(groups: dict[int, int]) -> dict[str, SampleInfo]:
@@ -112,7 +112,7 @@ def scorer_module(tmp_path, monkeypatch):
 def test_label_with_a_custom_scorer_end_to_end(dataset, cli, scorer_module):
     import numpy as np
 
-    from prefkit.labels import read_meta, read_pairs
+    from prefkit.label_sets import read_meta, read_pairs
     from prefkit.schemas import validate
     from prefkit.shards import iter_samples
 

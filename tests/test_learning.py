@@ -99,7 +99,7 @@ def _invoke(args: list) -> None:
 )
 @pytest.mark.usefixtures("fresh_accelerator")
 def test_preference_rule_is_learned(tiny_models, scorer_module, tmp_path, objective, mixed_precision):
-    from prefkit.pipeline import family_of, load_pipeline
+    from prefkit.families import family_of, load_pipeline
     from prefkit.sampling import SamplerSettings, sample
 
     model = tiny_models["sd3"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from prefkit.logprob import ddim_step, flow_sde_step, gaussian_logprob, v_to_eps
+from prefkit.math.logprob import ddim_step, flow_sde_step, gaussian_logprob, v_to_eps
 
 
 def test_gaussian_logprob_hand_worked():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from prefkit.config import TrainConfig
-from prefkit.pipeline import family_of, load_pipeline
+from prefkit.families import family_of, load_pipeline
 from prefkit.sampling import SamplerSettings, sample
 from prefkit.train import add_lora, save_lora
 

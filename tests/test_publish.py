@@ -45,7 +45,7 @@ def test_folder_tree(staging):
 def test_default_config_is_pick_a_pic_with_splits_by_prompt(staging, dataset):
     import datasets
 
-    from prefkit.labels import read_pairs
+    from prefkit.label_sets import read_pairs
 
     ds = datasets.load_dataset(str(staging))
     assert set(ds) == {"train", "validation"}

@@ -20,8 +20,8 @@ from torch.testing import assert_close
 from prefkit.config import LoopConfig, TrainConfig
 from prefkit.critic import TemporalCritic, active_neurons, critic_loss, reset_active_neurons
 from prefkit.errors import PrefkitError
-from prefkit.logprob import gaussian_logprob
-from prefkit.losses import ddpo_loss, gaussian_step_kl, per_prompt_advantages
+from prefkit.math.logprob import gaussian_logprob
+from prefkit.math.losses import ddpo_loss, gaussian_step_kl, per_prompt_advantages
 from prefkit.schemas import validate
 from prefkit.train import run_train
 

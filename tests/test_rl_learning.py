@@ -56,7 +56,7 @@ def scorer_module():
 )
 @pytest.mark.usefixtures("fresh_accelerator")
 def test_two_rounds_of_ddpo_raise_the_score(tiny_models, scorer_module, tmp_path, mixed_precision):
-    from prefkit.pipeline import family_of, load_pipeline
+    from prefkit.families import family_of, load_pipeline
     from prefkit.sampling import SamplerSettings, sample
 
     model = tiny_models["sd3"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from prefkit.pipeline import family_of, load_pipeline
+from prefkit.families import family_of, load_pipeline
 from prefkit.sampling import SamplerSettings, encode, sample, transition_logprob
 
 PROMPTS = ["a red circle", "a cat on a blue background"]
@@ -98,7 +98,7 @@ def test_flow_sde_noise0_equals_stock_flux_pipeline(tiny_models):
 
 
 def test_flux_pack_unpack_round_trip():
-    from prefkit.pipeline import FluxFamily
+    from prefkit.families import FluxFamily
 
     x = torch.randn(2, 16, 8, 6)
     packed = FluxFamily.pack(x)
@@ -232,7 +232,7 @@ def test_regenerate_reproduces_a_stored_sample_bit_for_bit(tiny_models, tmp_path
 def test_t5_padding_follows_the_tokenizer_limit(tiny_models, family, tokenizer, default):
     """T5 prompts are padded to min(pipeline default, tokenizer.model_max_length): 32 tokens for the
     tiny models (their attention stays small), the pipeline's default for real checkpoints."""
-    from prefkit.pipeline import t5_length
+    from prefkit.families import t5_length
 
     pipe = load_pipeline(tiny_models[family])
     limit = getattr(pipe, tokenizer).model_max_length

@@ -25,7 +25,7 @@ from torch.testing import assert_close
 
 from prefkit.config import TrainConfig
 from prefkit.errors import PrefkitError
-from prefkit.losses import (
+from prefkit.math.losses import (
     d3po_loss,
     dense_dpo_loss,
     gamma_weights,
@@ -735,13 +735,13 @@ def test_nan_loss_stops_with_the_step_and_last_checkpoint(sd3_data, uninterrupte
 
 
 def test_store_embeddings_trains_without_text_encoders(emb_data, tmp_path, monkeypatch):
-    import prefkit.pipeline
+    import prefkit.families
 
     plain = tmp_path / "plain"
     shutil.copytree(emb_data, plain)
     shutil.rmtree(plain / "embeddings")
     loads: list[tuple[bool, bool]] = []
-    original = prefkit.pipeline.load_pipeline
+    original = prefkit.families.load_pipeline
 
     def spy(*args, **kw):
         pipe = original(*args, **kw)
@@ -749,7 +749,7 @@ def test_store_embeddings_trains_without_text_encoders(emb_data, tmp_path, monke
         loads.append((without, getattr(pipe, "text_encoder", None) is None))
         return pipe
 
-    monkeypatch.setattr(prefkit.pipeline, "load_pipeline", spy)
+    monkeypatch.setattr(prefkit.families, "load_pipeline", spy)
     common = {"max_steps": 2, "batch_size": 2, "lr": LR, "checkpoint_every": 0}
     _train(emb_data, tmp_path / "with-emb", **common)
     _train(plain, tmp_path / "with-te", **common)

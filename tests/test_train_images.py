@@ -107,8 +107,8 @@ def _errors_vs_reference(model: str, lora: Path, images: list[bytes], draws: int
     """Mean over images and (s, e) draws of err_policy - err_reference (flow-matching velocity error)."""
     from PIL import Image
 
-    from prefkit.losses import flow_noising, logit_normal_sigmas
-    from prefkit.pipeline import Schedule, family_of, load_pipeline
+    from prefkit.families import Schedule, family_of, load_pipeline
+    from prefkit.math.losses import flow_noising, logit_normal_sigmas
     from prefkit.train import reference_mode
     from prefkit.train_images import encode_images
 

@@ -44,7 +44,7 @@ from starlette.routing import Route
 
 from prefkit.annotate.images import ImageIndex
 from prefkit.annotate.store import VOTE_ID, Busy, Conflict, NotFound, StorageError, VoteStore
-from prefkit.labels import SampleInfo
+from prefkit.label_sets import SampleInfo
 
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}

@@ -35,7 +35,7 @@ def is_loopback(host: str) -> bool:
 
 def annotation_pairs(folder: Path, samples, labels: str | None) -> list[tuple[str, str]]:
     """Every pair (key_0 < key_1) within each prompt group, or only the pairs of label set ``labels``."""
-    from prefkit.labels import groups_of, read_pairs
+    from prefkit.label_sets import groups_of, read_pairs
 
     if labels is None:
         return [p for keys in groups_of(samples).values() for p in itertools.combinations(sorted(keys), 2)]
@@ -62,7 +62,7 @@ def export_votes(cfg: AnnotateConfig) -> dict[str, Any]:
 def run_annotate(cfg: AnnotateConfig) -> dict[str, Any]:
     """Serve the page until stopped (or export, with ``cfg.export``); returns the final status."""
     from prefkit.annotate.store import DB_NAME
-    from prefkit.labels import check_name, dataset_samples
+    from prefkit.label_sets import check_name, dataset_samples
     from prefkit.shards import finished_shards, read_manifest
 
     # 1. check ------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Two kinds of judge:
 
 * a :class:`Scorer` gives every sample a scalar score (higher is better); pairs are then formed within
-  each prompt group by ``prefkit.labels.pairs_from_scores`` (``--pairs``, ``--tie-margin``), and the
+  each prompt group by ``prefkit.label_sets.pairs_from_scores`` (``--pairs``, ``--tie-margin``), and the
   scores are kept in ``labels/NAME.scores.jsonl``;
 * a :class:`PairJudge` compares two images of one prompt directly (e.g. a multi-image LLaVA asked in
   both orders).

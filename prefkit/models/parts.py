@@ -38,7 +38,7 @@ PROMPT_WORDS: tuple[str, ...] = tuple(dict.fromkeys(_COMMON + _ANIMALS))
 _CLIP_BOS = "<|startoftext|>"
 _CLIP_EOS = "<|endoftext|>"
 _CLIP_MAX_LENGTH = 77
-_T5_MAX_LENGTH = 32  # prefkit caps T5 padding at the tokenizer's model_max_length (see pipeline.py)
+_T5_MAX_LENGTH = 32  # prefkit caps T5 padding at the tokenizer's model_max_length (see families.py)
 
 # Characters the T5 (Unigram) tokenizer knows one by one: printable ASCII and Latin-1 / Latin Extended-A.
 # transformers 5 rebuilds T5Tokenizer from the vocabulary on load and drops byte fallback, so characters

@@ -361,7 +361,7 @@ def evaluate(folder: str | Path, samples: int, seed: int = 12345, held_out: bool
     import torch
 
     from prefkit.config import GenerateConfig
-    from prefkit.pipeline import family_of, load_pipeline
+    from prefkit.families import family_of, load_pipeline
     from prefkit.sampling import SamplerSettings, sample
 
     fam = family_of(load_pipeline(str(folder)))

@@ -3,7 +3,7 @@
 Inputs are named, never halves of a ``.chunk(2)``: ``lp_theta_w`` / ``lp_ref_w`` for the winner and
 ``lp_theta_l`` / ``lp_ref_l`` for the loser, each float32 [B, S] (B pairs, S steps of the trajectory,
 k = 0 the first step from noise). The per-step lp is the mean-over-elements Gaussian log-density of
-``prefkit.logprob`` (docs/math.md section 1): every default clip value and beta below assumes that reduction.
+``prefkit.math.logprob`` (docs/math.md section 1): every default clip value and beta below assumes that reduction.
 
 Soft labels: a pair's ``weight`` in [0, 1] multiplies its loss. prefkit uses |2 p - 1| for a label
 p = P(key_0 wins): a unanimous pair weighs 1, 2 of 3 votes weigh 1/3, a tie 0 (ties contribute nothing,

@@ -14,7 +14,7 @@ flux      FluxPipeline                       FlowMatchEuler + SDE       velocity
 ========  ================================  =========================  ==============================
 
 Latents are always handled UNPACKED, shape [B, C, h, w] in float32; FLUX packs them only to call its
-transformer. The log-prob math itself lives in :mod:`prefkit.logprob`.
+transformer. The log-prob math itself lives in :mod:`prefkit.math.logprob`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from prefkit.errors import PrefkitError
-from prefkit.logprob import StepDistribution, ddim_step, flow_sde_step, v_to_eps
+from prefkit.math.logprob import StepDistribution, ddim_step, flow_sde_step, v_to_eps
 
 FAMILIES = ("ddim", "sd3", "flux")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
