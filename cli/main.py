@@ -13,7 +13,8 @@ from typing import Annotated
 
 import typer
 
-from prefkit.config import EvalConfig, GenerateConfig, LabelConfig, TrainConfig, help_of, load_config_file
+from prefkit.config import EvalConfig, GenerateConfig, LabelConfig, help_of, load_config_file
+from prefkit.training.config import TrainConfig
 
 app = typer.Typer(
     name="prefkit",
@@ -317,7 +318,7 @@ def train(
     frozen base model (adapters off), or with DDPO / TDPO on a scorer's per-sample scores."""
     values = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__}
     values["out"] = str(out) if out is not None else None
-    cfg, last = _run_stage(ctx, TrainConfig, config, values, "prefkit.train", "run_train")
+    cfg, last = _run_stage(ctx, TrainConfig, config, values, "prefkit.training.run", "run_train")
     if not cfg.quiet and _is_main_process():
         # the mean over the last steps, not the last micro-batch's numbers (a few pairs swing widely)
         recent = last.get("recent") or last

@@ -244,7 +244,8 @@ def _bare_batches(family, folder, cfg, sampler, schedule, count: int) -> list:
     the same steps per pair, the same latents and conditioning, prepared ahead (not timed)."""
     from prefkit.sampling import encode
     from prefkit.shards import read_manifest
-    from prefkit.train import ShardCache, epoch_order, load_train_pairs
+    from prefkit.training.engine import epoch_order, seeded_generator
+    from prefkit.training.trajectories import ShardCache, load_train_pairs
 
     pairs, _ = load_train_pairs(folder, cfg.labels, read_manifest(folder)["plan"]["groups_per_shard"])
     B, K = cfg.batch_size, schedule.num_steps
@@ -257,9 +258,7 @@ def _bare_batches(family, folder, cfg, sampler, schedule, count: int) -> list:
         batch = [order[(pos + i) % len(order)] for i in range(B)]
         steps = []
         for i in range(B):
-            g = torch.Generator().manual_seed(
-                ((cfg.seed * 1_000_003 + epoch) * 1_000_003 + pos + i) % (2**63)
-            )
+            g = seeded_generator(cfg.seed, epoch, pos + i)
             steps.append(torch.randperm(K, generator=g)[:n])
         steps_t = torch.stack(steps)
         both = [cache.get(p.shard, p.key_w) for p in batch] + [cache.get(p.shard, p.key_l) for p in batch]
@@ -297,7 +296,8 @@ def _bare_setup(folder, cfg, device: str, deep_copy: bool = False):
     from prefkit.families import DTYPES, family_of, load_pipeline
     from prefkit.sampling import SamplerSettings
     from prefkit.shards import read_manifest
-    from prefkit.train import add_lora, resolve
+    from prefkit.training.config import resolve
+    from prefkit.training.lora import add_lora
 
     cfg = resolve(cfg)
     s = read_manifest(folder)["settings"]
@@ -310,7 +310,7 @@ def _bare_setup(folder, cfg, device: str, deep_copy: bool = False):
     if deep_copy:
         reference = copy.deepcopy(family.denoiser).requires_grad_(False).eval()
     torch.manual_seed(cfg.seed)
-    add_lora(family.denoiser, cfg, family.name)
+    add_lora(family.denoiser, cfg, family)
     params = [p for p in family.denoiser.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
@@ -373,9 +373,10 @@ def bench_train(
     import tempfile
     from pathlib import Path
 
-    from prefkit.config import TrainConfig
     from prefkit.errors import PrefkitError
-    from prefkit.train import ShardCache, run_train
+    from prefkit.training.config import TrainConfig
+    from prefkit.training.run import run_train
+    from prefkit.training.trajectories import ShardCache
 
     with tempfile.TemporaryDirectory() as tmp:
         ds = Path(tmp) / "ds"
@@ -419,7 +420,7 @@ def bench_train(
                     continue
                 summary = json.loads((out / "summary.json").read_text())
                 if summary["reference"] != ref:
-                    # below float32 train replaces --reference stored by live (prefkit.stored_lp): no
+                    # below float32 train replaces --reference stored by live (prefkit/training/stored.py): no
                     # stored figure to take
                     refused = f"--reference stored trains live in {summary['stored_lp_check']['precision']}"
                     continue
@@ -560,8 +561,8 @@ def _memory_child(mode: str, folder: str, device: str, out: str) -> int:
     import diffusers  # noqa: F401
     import peft  # noqa: F401
 
-    from prefkit.config import TrainConfig
-    from prefkit.train import run_train
+    from prefkit.training.config import TrainConfig
+    from prefkit.training.run import run_train
 
     cfg = TrainConfig(
         dataset=folder, out=out, reference="live", max_steps=2, batch_size=1, checkpoint_every=0, quiet=True

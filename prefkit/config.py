@@ -14,11 +14,16 @@ from typing import Any
 
 from prefkit.errors import PrefkitError
 
+_FIELD_ARGS = ("default_factory", "init", "repr", "hash", "compare", "kw_only")
+
 
 def field(default: Any = None, help: str = "", **kw) -> Any:  # noqa: A002 - mirrors typer's name
+    """A dataclass field with its help; keyword arguments other than dataclasses.field's go into its
+    metadata (e.g. resume=False: may change when a run is resumed)."""
+    meta = {"help": help, **{k: kw.pop(k) for k in list(kw) if k not in _FIELD_ARGS}}
     if "default_factory" in kw:
-        return dataclasses.field(metadata={"help": help}, **kw)
-    return dataclasses.field(default=default, metadata={"help": help}, **kw)
+        return dataclasses.field(metadata=meta, **kw)
+    return dataclasses.field(default=default, metadata=meta, **kw)
 
 
 def help_of(cls, name: str) -> str:
@@ -228,142 +233,6 @@ class LabelConfig:
     )
     overwrite: bool = field(False, "Replace an existing label set of the same name.")
     quiet: bool = field(False, "No progress bar.")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Settings of ``prefkit train``. Defaults follow D3PO (d3po) and Yang et al. 2024 (dense), docs/math.md section 11."""
-
-    dataset: str = field(
-        None,
-        "Dataset folder written by `prefkit generate`, with labels from `prefkit label`, or a dataset "
-        "published by `prefkit publish` (its folder or Hub id; d3po and dense train on its train split); "
-        "for diffusion-dpo any Pick-a-Pic-format dataset: such a folder, a parquet file or a Hub id.",
-    )
-    out: str = field(None, "Output folder: LoRA, checkpoints, metrics.jsonl, config.yaml.")
-    objective: str = field(
-        "d3po",
-        "d3po (per-step clamped-ratio DPO), dense (gamma-weighted dense-reward DPO), diffusion-dpo "
-        "(Diffusion-DPO on final image pairs in Pick-a-Pic format: caption, jpg_0, jpg_1, label_0), "
-        "ddpo (DDPO's clipped importance-sampled policy gradient on the label set's per-sample scores) or "
-        "tdpo (ddpo with TDPO's temporal critic giving per-step advantages).",
-    )
-    labels: str | None = field(
-        None,
-        "Label set(s) to train on, comma-separated to merge (default: the only one); ddpo/tdpo: one set "
-        "with per-sample scores (labels/NAME.scores.jsonl, written by a scorer source).",
-    )
-    model: str | None = field(
-        None,
-        "Base model (default: the dataset's model). Must be the model that sampled it "
-        "(diffusion-dpo: any SD 1.x/2.x, SD3 or FLUX model; required unless the dataset names one).",
-    )
-    reference: str = field(
-        "live",
-        "Reference log-probs: live (base model, adapters disabled; one gradient-free forward per trained "
-        "step, exact in any precision) or stored (from sampling; no extra forward, used only where the "
-        "start-up check finds them exact, i.e. float32: in lower precision live is used, with a note). "
-        "ddpo/tdpo: see --old-policy; their --kl-coef reference is live.",
-    )
-    old_policy: str = field(
-        "auto",
-        "ddpo, tdpo: the importance ratio's old policy (the sampling policy: the base model, or the "
-        "--init-lora adapter kept frozen). live: recomputed in the training micro-batch in the policy's "
-        "own precision (one gradient-free forward per trained step, shared with --kl-coef's when there is "
-        "no --init-lora; ratio exactly 1 at the first update); stored: the lp recorded at sampling (no "
-        "extra forward; off by the rounding of sampling vs training); auto: stored when the start-up check "
-        "finds them exact (float32), else live.",
-    )
-    beta: float | None = field(
-        None,
-        "DPO beta (default: 0.1 for d3po, 10 for dense; diffusion-dpo: 5000 eps models, 100 flow models).",
-    )
-    eps: float = field(0.1, "d3po: the ratio clip eps (log r clamped to [log(1-eps), log(1+eps)]).")
-    gamma: float = field(0.9, "dense: temporal discount; step k (k = 0 from noise) weighs gamma^k.")
-    clip: float = field(1e-4, "dense: log-ratio clip c.")
-    steps_per_pair: int = field(
-        3,
-        "dense: steps drawn from Cat(gamma^k) per pair, shared by winner and loser (0 = exact sum over all steps).",
-    )
-    timestep_fraction: float = field(
-        1.0, "d3po, ddpo, tdpo: fraction of each trajectory's steps trained on (shuffled per pair / sample)."
-    )
-    clip_range: float = field(
-        1e-4, "ddpo, tdpo: PPO clip range c of the importance ratio exp(lp_theta - lp_stored) (DDPO: 1e-4)."
-    )
-    adv_clip: float = field(5.0, "ddpo, tdpo: normalised advantages are clipped to [-A, A] (DDPO: 5).")
-    min_prompt_count: int = field(
-        16,
-        "ddpo, tdpo: a prompt with at least this many scored samples is normalised by its own mean/std, "
-        "one with fewer by the whole dataset's (DDPO's per-prompt stat tracker; 0 = always per prompt).",
-    )
-    score_function: bool = field(
-        False, "ddpo: the score-function estimator DDPO-SF (loss -A lp_theta; no ratio, no clipping)."
-    )
-    kl_coef: float = field(
-        0.0,
-        "DPOK's KL regulariser to the reference (base model, adapters off): coefficient of the per-step "
-        "Gaussian KL (mean over latent elements); d3po, dense, ddpo, tdpo. 0 = off (no extra forward).",
-    )
-    critic_lr: float = field(1e-4, "tdpo: AdamW learning rate of the temporal critic.")
-    critic_reset_every: int = field(
-        0, "tdpo: reset the critic's active neurons every N optimizer steps (TDPO-R); 0 = never."
-    )
-    init_lora: str | None = field(
-        None,
-        "Start from this LoRA (a folder saved by prefkit train: OUT/lora or OUT/checkpoint-N) instead of "
-        "a fresh one; same rank and targets. The reference stays the base model.",
-    )
-    lr: float = field(3e-5, "AdamW learning rate.")
-    weight_decay: float | None = field(None, "AdamW weight decay (default: 1e-4 for d3po, 2e-3 for dense).")
-    adam_beta1: float = field(0.9, "AdamW beta1.")
-    adam_beta2: float = field(0.999, "AdamW beta2.")
-    lr_schedule: str = field("constant", "LR schedule after warm-up: constant, linear, cosine.")
-    warmup_steps: int = field(0, "Linear warm-up, in optimizer steps.")
-    max_grad_norm: float = field(1.0, "Gradient clipping (global L2 norm); 0 turns it off.")
-    max_steps: int = field(100, "Optimizer steps to train.")
-    batch_size: int = field(2, "Pairs (ddpo, tdpo: samples) per process per micro-batch (per GPU).")
-    grad_accum: int = field(
-        1, "Micro-batches per optimizer step (global batch = batch-size x processes x grad-accum)."
-    )
-    lora_rank: int = field(4, "LoRA rank r.")
-    lora_alpha: float | None = field(None, "LoRA alpha (default: the rank, i.e. scale 1).")
-    lora_dropout: float = field(0.0, "LoRA dropout.")
-    lora_targets: str | None = field(
-        None,
-        "Comma-separated module names for LoRA (default: to_q,to_k,to_v,to_out.0; "
-        "plus add_q_proj,add_k_proj,add_v_proj,to_add_out for SD3/FLUX).",
-    )
-    mixed_precision: str = field("no", "no, fp16 or bf16 (accelerate autocast; log-probs stay float32).")
-    gradient_checkpointing: bool = field(False, "Recompute activations in the backward pass to save memory.")
-    seed: int = field(0, "Seed of the pair order, step sampling and LoRA initialisation.")
-    checkpoint_every: int = field(
-        50, "Save a resumable checkpoint every N optimizer steps (0 = only at the end)."
-    )
-    guidance: float | None = field(
-        None, "CFG scale inside the log-prob (default and required: the dataset's)."
-    )
-    negative_prompt: str | None = field(
-        None, "Negative prompt inside the log-prob (default and required: the dataset's)."
-    )
-    force: bool = field(
-        False,
-        "Train even when --guidance / --negative-prompt / --model differ from the dataset's (ddpo, tdpo: or "
-        "the stored lp differ from the sampling policy's beyond rounding; the old policy is then live).",
-    )
-    log_with: str | None = field(
-        None, "Also log to accelerate trackers: tensorboard, wandb (comma-separated)."
-    )
-    resume: bool = field(False, "Continue from the latest checkpoint in --out (same settings).")
-    resolution: int | None = field(
-        None,
-        "diffusion-dpo: images are resized and centre-cropped to this many pixels square "
-        "(default: the model's default size).",
-    )
-    quiet: bool = field(False, "No live display.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

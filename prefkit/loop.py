@@ -24,11 +24,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefkit.config import GenerateConfig, LabelConfig, LoopConfig, TrainConfig, load_config_file
+from prefkit.config import GenerateConfig, LabelConfig, LoopConfig, load_config_file
 from prefkit.errors import PrefkitError
 from prefkit.shards import atomic_write_bytes
+from prefkit.training.config import TrainConfig
+from prefkit.training.table import IMAGE_PAIRS
+from prefkit.training.table import OBJECTIVES as TABLE
 
-OBJECTIVES = ("ddpo", "tdpo", "d3po", "dense")
+# every objective of the table that trains on trajectories: the loop generates them
+OBJECTIVES = tuple(name for name, row in TABLE.items() if row.data != IMAGE_PAIRS)
 
 
 def round_dir(out: Path, r: int) -> Path:
@@ -117,7 +121,7 @@ def _label(cfg: LoopConfig, data: Path, name: str) -> None:
 def _train(
     cfg: LoopConfig, extra: dict, data: Path, train_out: Path, lora: Path | None, name: str, r: int
 ) -> dict[str, Any]:
-    from prefkit.train import run_train
+    from prefkit.training.run import run_train
 
     summary = train_out / "summary.json"
     if not summary.is_file():

@@ -38,13 +38,13 @@ from typing import Any
 
 from prefkit.errors import PrefkitError
 from prefkit.fileio import reading, remove_quietly, writing
+from prefkit.hub import REPO_ID
 
 STAGING_DEFAULT = ".publish"
 MARKER = ".prefkit-publish"  # marks a staging folder prefkit may wipe and rebuild; never uploaded
 JPEG_QUALITY = 95
 MAX_PARQUET_BYTES = 500_000_000  # image bytes per parquet file before a new one is started
 ROWS_PER_GROUP = 64  # parquet row group size (rows): bounded memory while writing
-REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 # the card's `license:`, a Hub license identifier (apache-2.0, cc-by-4.0, other)
 LICENSE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 # remote files under these are replaced by this publish: removed in the upload commit unless re-uploaded

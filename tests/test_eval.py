@@ -229,13 +229,13 @@ def test_base_samples_equal_a_lora_free_pipeline(bright_run, tiny_models):
 @pytest.fixture(scope="module")
 def zero_lora(tiny_models, tmp_path_factory):
     """An untrained LoRA (B = 0, as peft initialises it) saved outside any training run."""
-    from prefkit.config import TrainConfig
     from prefkit.families import family_of, load_pipeline
-    from prefkit.train import add_lora, save_lora
+    from prefkit.training.config import TrainConfig
+    from prefkit.training.lora import add_lora, save_lora
 
     pipe = load_pipeline(tiny_models["sd3"])
     fam = family_of(pipe)
-    add_lora(fam.denoiser, TrainConfig(lora_rank=4, lora_alpha=4.0), fam.name)
+    add_lora(fam.denoiser, TrainConfig(lora_rank=4, lora_alpha=4.0), fam)
     folder = tmp_path_factory.mktemp("zero") / "untrained"
     save_lora(pipe, fam.denoiser, folder)
     return folder
@@ -317,14 +317,15 @@ def test_default_out(tmp_path):
 @pytest.mark.parametrize("family", ["ddim", "flux"])
 def test_untrained_lora_other_families(tiny_models, family, tmp_path):
     """The other families: adapters switch off and on through the pipeline (DDIM with eta, FLUX)."""
-    from prefkit.config import EvalConfig, TrainConfig
+    from prefkit.config import EvalConfig
     from prefkit.evaluate import run_eval
     from prefkit.families import family_of, load_pipeline
-    from prefkit.train import add_lora, save_lora
+    from prefkit.training.config import TrainConfig
+    from prefkit.training.lora import add_lora, save_lora
 
     pipe = load_pipeline(tiny_models[family])
     fam = family_of(pipe)
-    add_lora(fam.denoiser, TrainConfig(lora_rank=2, lora_alpha=2.0), fam.name)
+    add_lora(fam.denoiser, TrainConfig(lora_rank=2, lora_alpha=2.0), fam)
     save_lora(pipe, fam.denoiser, tmp_path / "lora")
     report = run_eval(
         EvalConfig(

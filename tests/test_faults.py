@@ -169,7 +169,7 @@ def test_disk_full_during_a_metrics_append_then_resume(cli, labelled_dataset, tm
     """The disk fills just before step 1's metrics line (a tmpfs allocates whole pages: a line appended
     to a file's first page would still fit): the append fails with the OS's ENOSPC, nothing torn is left,
     and after space is freed --resume completes the run."""
-    import prefkit.train_engine as train  # the shared training loop and checkpoints live here
+    import prefkit.training.engine as train  # the shared training loop and checkpoints live here
 
     disk = tmpfs("disk", "4m")
     out = disk / "run"
@@ -442,7 +442,7 @@ def test_generate_disk_full_mid_run_leaves_no_temp_file(cli, tiny_models, tmpfs,
 @pytest.mark.slow
 def test_train_disk_full_at_a_checkpoint(cli, labelled_dataset, tmpfs, monkeypatch):
     """torch.save's own message for this is 'unexpected pos'; the error names the disk and the folder."""
-    import prefkit.train_engine as train  # the shared training loop and checkpoints live here
+    import prefkit.training.engine as train  # the shared training loop and checkpoints live here
 
     disk = tmpfs("disk", "4m")
     out = disk / "run"

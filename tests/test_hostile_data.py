@@ -296,7 +296,7 @@ def test_published_trajectories_are_checked_too(labelled_dataset, tmp_path):
 
     from prefkit.errors import PrefkitError
     from prefkit.publish import build_folder
-    from prefkit.train import PublishedShardCache
+    from prefkit.training.trajectories import PublishedShardCache
 
     staging = tmp_path / "pub"
     build_folder(labelled_dataset, staging, "me/x", val_fraction=0)

@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prefkit.config import TrainConfig
-from prefkit.train import run_train
+from prefkit.training.config import TrainConfig
+from prefkit.training.run import run_train
 
 SCORER = "prefkit_test_learning_scorer"
 SIZE, STEPS, NOISE, GUIDANCE = 16, 4, 0.7, 1.0

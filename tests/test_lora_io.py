@@ -8,10 +8,10 @@ import warnings
 import pytest
 import torch
 
-from prefkit.config import TrainConfig
 from prefkit.families import family_of, load_pipeline
 from prefkit.sampling import SamplerSettings, sample
-from prefkit.train import add_lora, save_lora
+from prefkit.training.config import TrainConfig
+from prefkit.training.lora import add_lora, save_lora
 
 
 @pytest.mark.parametrize("family", ["ddim", "sd3", "flux"])
@@ -19,7 +19,7 @@ def test_saved_lora_reproduces_the_policy(tiny_models, family, tmp_path):
     pipe = load_pipeline(tiny_models[family])
     fam = family_of(pipe)
     torch.manual_seed(0)
-    add_lora(fam.denoiser, TrainConfig(lora_rank=4, lora_alpha=4.0), fam.name)
+    add_lora(fam.denoiser, TrainConfig(lora_rank=4, lora_alpha=4.0), fam)
     with torch.no_grad():  # a trained-looking adapter: B matrices away from their zero init
         for name, p in fam.denoiser.named_parameters():
             if "lora_B" in name:
@@ -51,7 +51,7 @@ def test_generate_with_lora_samples_the_tuned_policy(tiny_models, cli, tmp_path)
     pipe = load_pipeline(tiny_models["sd3"])
     fam = family_of(pipe)
     torch.manual_seed(0)
-    add_lora(fam.denoiser, TrainConfig(lora_rank=4, lora_alpha=4.0), fam.name)
+    add_lora(fam.denoiser, TrainConfig(lora_rank=4, lora_alpha=4.0), fam)
     with torch.no_grad():
         for name, p in fam.denoiser.named_parameters():
             if "lora_B" in name:

@@ -1,4 +1,4 @@
-"""Precision-correct ratios (prefkit.stored_lp): every objective trains in bfloat16, and the ratio of the
+"""Precision-correct ratios (prefkit.training.stored): every objective trains in bfloat16, and the ratio of the
 policy to its old policy / reference is exactly 1 at the first update whatever the precision.
 
 Dataset: tiny SD3, 16 px, 4 steps (so the start-up check has a first, middle and last step), 2 prompts x 3
@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import prefkit.train
-import prefkit.train_rewards
-from prefkit.config import TrainConfig
+import prefkit.training.objectives.d3po
+import prefkit.training.objectives.ddpo
+import prefkit.training.objectives.dense
 from prefkit.schemas import validate
-from prefkit.stored_lp import PRECISION_EPS, TOL_EPS, compute_precision, positions
-from prefkit.train import run_train
+from prefkit.training.config import TrainConfig
+from prefkit.training.run import run_train
+from prefkit.training.stored import PRECISION_EPS, TOL_EPS, compute_precision, positions
 
 pytestmark = pytest.mark.usefixtures("one_thread", "fresh_accelerator")
 
@@ -81,7 +82,7 @@ def test_tolerance_comes_from_the_precision():
 
 @pytest.mark.parametrize("objective", ["ddpo", "tdpo"])
 def test_first_update_ratio_is_exactly_one_in_bf16(data, tmp_path, monkeypatch, objective):
-    calls = _spy(monkeypatch, prefkit.train_rewards, "ddpo_loss")
+    calls = _spy(monkeypatch, prefkit.training.objectives.ddpo, "ddpo_loss")
     summary = _train(data, tmp_path / "o", objective=objective, mixed_precision="bf16", kl_coef=1.0)
     check = summary["stored_lp_check"]
     print(f"{objective} bf16: {check}")
@@ -99,7 +100,7 @@ def test_first_update_ratio_is_exactly_one_in_bf16(data, tmp_path, monkeypatch, 
 def test_init_lora_old_policy_is_the_frozen_second_adapter_in_bf16(data, tmp_path, monkeypatch):
     first = tmp_path / "first"
     _train(data, first, objective="d3po", lr=1e-2, max_steps=2, batch_size=2, mixed_precision="bf16")
-    calls = _spy(monkeypatch, prefkit.train_rewards, "ddpo_loss")
+    calls = _spy(monkeypatch, prefkit.training.objectives.ddpo, "ddpo_loss")
     # the dataset was sampled by the base model, so --init-lora needs --force; the old policy is then the
     # --init-lora weights (adapter "sampler", frozen), recomputed live
     summary = _train(
@@ -126,7 +127,7 @@ def test_stored_reference_in_bf16_is_replaced_by_live_and_log_ratio_is_zero(
     data, tmp_path, monkeypatch, objective
 ):
     loss = "d3po_loss" if objective == "d3po" else "dense_dpo_loss"
-    calls = _spy(monkeypatch, prefkit.train, loss)
+    calls = _spy(monkeypatch, getattr(prefkit.training.objectives, objective), loss)
     summary = _train(data, tmp_path / "o", objective=objective, reference="stored", mixed_precision="bf16")
     assert summary["reference"] == "live" and not summary["stored_lp_check"]["exact"]
     assert calls
@@ -147,7 +148,7 @@ def test_float32_keeps_the_stored_fast_path(data, tmp_path):
 
 
 def test_old_policy_live_in_float32_gives_ratio_exactly_one(data, tmp_path, monkeypatch):
-    calls = _spy(monkeypatch, prefkit.train_rewards, "ddpo_loss")
+    calls = _spy(monkeypatch, prefkit.training.objectives.ddpo, "ddpo_loss")
     summary = _train(data, tmp_path / "o", objective="ddpo", old_policy="live")
     assert summary["old_policy"] == "live"
     for lp_theta, lp_old, *_ in calls:
@@ -160,7 +161,7 @@ def test_low_precision_model_trains_every_objective(tiny_models, tmp_path, cli, 
     are exactly 1 at the first update, and the stored paths are replaced by live ones."""
     ds = _data(cli, tiny_models["sd3"], tmp_path / "ds", "--dtype", dtype)
     for objective in ("ddpo", "tdpo"):
-        calls = _spy(monkeypatch, prefkit.train_rewards, "ddpo_loss")
+        calls = _spy(monkeypatch, prefkit.training.objectives.ddpo, "ddpo_loss")
         summary = _train(ds, tmp_path / objective, objective=objective)
         print(f"{objective} model {dtype}: {summary['stored_lp_check']}")
         assert summary["old_policy"] == "live" and summary["stored_lp_check"]["precision"] == dtype
@@ -169,7 +170,7 @@ def test_low_precision_model_trains_every_objective(tiny_models, tmp_path, cli, 
             assert torch.equal(torch.exp(lp_theta - lp_old), torch.ones_like(lp_theta))
     for objective in ("d3po", "dense"):
         loss = "d3po_loss" if objective == "d3po" else "dense_dpo_loss"
-        calls = _spy(monkeypatch, prefkit.train, loss)
+        calls = _spy(monkeypatch, getattr(prefkit.training.objectives, objective), loss)
         summary = _train(ds, tmp_path / objective, objective=objective, reference="stored")
         assert summary["reference"] == "live"
         for lp_w, ref_w, lp_l, ref_l, *_ in calls:

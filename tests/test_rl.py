@@ -17,13 +17,14 @@ import torch
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
-from prefkit.config import LoopConfig, TrainConfig
+from prefkit.config import LoopConfig
 from prefkit.critic import TemporalCritic, active_neurons, critic_loss, reset_active_neurons
 from prefkit.errors import PrefkitError
 from prefkit.math.logprob import gaussian_logprob
 from prefkit.math.losses import ddpo_loss, gaussian_step_kl, per_prompt_advantages
 from prefkit.schemas import validate
-from prefkit.train import run_train
+from prefkit.training.config import TrainConfig
+from prefkit.training.run import run_train
 
 LR = 1e-4
 

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
-from prefkit.config import TrainConfig
 from prefkit.errors import PrefkitError
 from prefkit.math.losses import (
     d3po_loss,
@@ -32,7 +31,8 @@ from prefkit.math.losses import (
     sample_dense_steps,
     soft_label_weight,
 )
-from prefkit.train import RESUME_KEYS, run_train
+from prefkit.training.config import RESUME_KEYS, TrainConfig
+from prefkit.training.run import run_train
 
 LOG2 = math.log(2.0)
 # learning rate of the invariance runs: 2 AdamW steps move each LoRA B entry by ~2e-4, 200x the 1e-6
@@ -468,28 +468,28 @@ def test_resume_with_other_settings_is_refused(sd3_data, uninterrupted, tmp_path
 _TRAIN_LOG_MODULE = """
 import json, os
 
-import prefkit.train
 from prefkit.cli.main import main
+from prefkit.training.objectives.d3po import D3PO
 
-_micro_batch = prefkit.train.micro_batch
+_call = D3PO.__call__
 
 
-def logged_micro_batch(cfg, family, denoiser, net, accelerator, *rest):
-    batch = rest[2]
+def logged_call(self, batch, sync):
+    accelerator, net = self.accelerator, self.run.net
     with open(os.environ["PREFKIT_TEST_TRAIN_LOG"], "a") as f:
         f.write(json.dumps({
             "rank": accelerator.process_index,
             "world": accelerator.num_processes,
             "pid": os.getpid(),
             "net": type(net).__name__,
-            "family_net_is_net": family.net is net,
-            "positions": [position for _, _, position in batch],
-            "pairs": [p.pair_id for p, _, _ in batch],
+            "family_net_is_net": self.family.net is net,
+            "positions": batch.positions,
+            "pairs": [p.pair_id for p in batch.items],
         }) + "\\n")
-    return _micro_batch(cfg, family, denoiser, net, accelerator, *rest)
+    return _call(self, batch, sync)
 
 
-prefkit.train.micro_batch = logged_micro_batch
+D3PO.__call__ = logged_call
 main()
 """
 
@@ -543,16 +543,16 @@ def test_two_processes_equal_one_process(sd3_data, tmp_path, monkeypatch):
 
     # one process, batch 2: the same pairs per step, the same metrics and the same LoRA
     seen: list[list[str]] = []
-    import prefkit.train
+    from prefkit.training.objectives.d3po import D3PO
 
-    original = prefkit.train.micro_batch
+    original = D3PO.__call__
 
-    def record(cfg, family, denoiser, net, accelerator, schedule, sampler, batch, *rest):
-        assert accelerator.num_processes == 1
-        seen.append([p.pair_id for p, _, _ in batch])
-        return original(cfg, family, denoiser, net, accelerator, schedule, sampler, batch, *rest)
+    def record(self, batch, sync):
+        assert self.accelerator.num_processes == 1
+        seen.append([p.pair_id for p in batch.items])
+        return original(self, batch, sync)
 
-    monkeypatch.setattr(prefkit.train, "micro_batch", record)
+    monkeypatch.setattr(D3PO, "__call__", record)
     one = tmp_path / "one"
     _train(sd3_data, one, batch_size=2, max_steps=2, lr=LR, checkpoint_every=0)
     assert seen == [by_rank[0][m]["pairs"] + by_rank[1][m]["pairs"] for m in range(2)]
@@ -690,9 +690,9 @@ def test_saved_lora_loads_into_a_fresh_pipeline(request, tiny_models, tmp_path, 
 
 
 def test_nan_loss_stops_with_the_step_and_last_checkpoint(sd3_data, uninterrupted, tmp_path, monkeypatch):
-    import prefkit.train
+    import prefkit.training.objectives.d3po as d3po
 
-    original = prefkit.train.d3po_loss
+    original = d3po.d3po_loss
     calls = {"n": 0}
 
     # d3po: one loss call per trained step (K = 3) per micro-batch; calls 7.. belong to optimizer step 3
@@ -703,7 +703,7 @@ def test_nan_loss_stops_with_the_step_and_last_checkpoint(sd3_data, uninterrupte
             res.loss = res.loss * float("nan")
         return res
 
-    monkeypatch.setattr(prefkit.train, "d3po_loss", poisoned)
+    monkeypatch.setattr(d3po, "d3po_loss", poisoned)
     out = tmp_path / "o"
     with pytest.raises(PrefkitError) as info:
         _train(sd3_data, out, **RESUME_RUN)
@@ -725,7 +725,7 @@ def test_nan_loss_stops_with_the_step_and_last_checkpoint(sd3_data, uninterrupte
     text = res.output + res.stderr
     assert res.exit_code == 2 and "step 3" in text and "checkpoint-2" in text, text
     # and the run resumes from it to the uninterrupted result
-    monkeypatch.setattr(prefkit.train, "d3po_loss", original)
+    monkeypatch.setattr(d3po, "d3po_loss", original)
     _train(sd3_data, out, **RESUME_RUN, resume=True)
     lora = "lora/pytorch_lora_weights.safetensors"
     _assert_same_lora(out / lora, uninterrupted / lora, atol=1e-6)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from prefkit.config import TrainConfig
 from prefkit.errors import PrefkitError
-from prefkit.train import run_train
+from prefkit.training.config import TrainConfig
+from prefkit.training.run import run_train
 
 LOG2 = math.log(2.0)
 RED, BLUE = (220, 30, 30), (30, 30, 220)
@@ -92,9 +92,9 @@ def test_loss_is_log2_at_step_0_and_ties_are_dropped(pickapic, tiny_models, tmp_
 def test_a_step_lowers_the_loss_on_a_fixed_pair(tiny_models, tmp_path, monkeypatch, family):
     """One pair, the same (t, e) at every step: after one update the loss is below log 2 and the
     implicit reward ranks the winner first."""
-    import prefkit.train_images
+    import prefkit.training.objectives.diffusion_dpo as diffusion_dpo
 
-    monkeypatch.setattr(prefkit.train_images, "seeded_generator", lambda *a: torch.Generator().manual_seed(7))
+    monkeypatch.setattr(diffusion_dpo, "seeded_generator", lambda *a: torch.Generator().manual_seed(7))
     row = {"caption": "a square", "jpg_0": _image_bytes(RED, seed=1), "jpg_1": _image_bytes(BLUE, seed=2)}
     data = _parquet(tmp_path / "one.parquet", [{**row, "label_0": 1.0}])
     _train(data, tmp_path / "o", tiny_models[family], batch_size=1, max_steps=2, lr=1e-3)
@@ -109,8 +109,8 @@ def _errors_vs_reference(model: str, lora: Path, images: list[bytes], draws: int
 
     from prefkit.families import Schedule, family_of, load_pipeline
     from prefkit.math.losses import flow_noising, logit_normal_sigmas
-    from prefkit.train import reference_mode
-    from prefkit.train_images import encode_images
+    from prefkit.training.images import encode_images
+    from prefkit.training.lora import reference_mode
 
     pipe = load_pipeline(model, None, torch.float32, torch.device("cpu"), False)
     pipe.load_lora_weights(str(lora))

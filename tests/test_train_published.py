@@ -33,7 +33,7 @@ def _metrics(out: Path) -> list[dict]:
 
 
 def test_published_folder_trains_like_the_original(dataset, tmp_path, cli):
-    from prefkit.train import load_published_pairs, load_train_pairs, open_dataset
+    from prefkit.training.trajectories import load_published_pairs, load_train_pairs, open_dataset
 
     staging = _publish(dataset, tmp_path / "hub", 0.0)
     folder, published = open_dataset(str(staging))
@@ -59,7 +59,7 @@ def test_published_train_split_only_and_errors(dataset, tmp_path, cli):
     import datasets
 
     from prefkit.errors import PrefkitError
-    from prefkit.train import load_published_pairs
+    from prefkit.training.trajectories import load_published_pairs
 
     staging = _publish(dataset, tmp_path / "hub", 0.34)
     train = datasets.load_dataset(str(staging), split="train")

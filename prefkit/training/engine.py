@@ -1,124 +1,38 @@
-"""The training machinery every ``prefkit train`` objective shares: settings (resolve, check_out), the
-policy's LoRA (add_lora, save/load), the accelerator, the run (setup_run, begin_outputs, train_loop,
-finish_run), checkpoints and metrics.
+"""The training engine every objective shares, knowing none of them by name: the accelerator, the run
+(setup_run, begin_outputs, train_loop, finish_run), accumulation, clipping, the NaN stop, checkpoints,
+resume and metrics.
 
-prefkit.train (D3PO / dense), prefkit.train_images (Diffusion-DPO) and prefkit.train_rewards (DDPO /
-TDPO) all import it; it imports none of them, so the training modules form no import cycle.
-prefkit.train re-exports every name here under its old name.
+Items and positions. The engine trains on a list of items (pairs, scored samples, image pairs), each with
+a ``shard``. Each epoch the shards are shuffled, then the items of each shard (seeded by (seed, epoch));
+data is read shard by shard, so at most one shard's samples are in memory. Global micro-batch m is
+positions [m B N, (m + 1) B N) of that order (B items per process, N processes); process r takes its
+slice r. An objective's per-item random choices are seeded by (seed, epoch, position)
+(``seeded_generator``): independent of B, N and resumes, which makes batch 4 x 1 == batch 1 x 4, two
+processes == one process and resumed == uninterrupted.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from prefkit.config import TrainConfig
 from prefkit.errors import PrefkitError
 from prefkit.fileio import append_line, atomic_write_bytes, removed_on_failure
-
-OBJECTIVES = ("d3po", "dense", "diffusion-dpo", "ddpo", "tdpo")
-
-
-# objectives that train on per-sample scalar scores (prefkit.train_rewards) rather than on pairs
-REWARD_OBJECTIVES = ("ddpo", "tdpo")
+from prefkit.training.batch import Batch
+from prefkit.training.config import RESUME_KEYS, TrainConfig, resolve
+from prefkit.training.lora import add_lora, load_init_lora, lora_state, save_lora
 
 
-DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-
-
-CONTEXT_TARGETS = ["add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
-
-
-# the settings a resumed run must share with the interrupted one
-RESUME_KEYS = (
-    "dataset objective labels model reference beta eps gamma clip steps_per_pair timestep_fraction lr "
-    "weight_decay adam_beta1 adam_beta2 lr_schedule warmup_steps max_grad_norm batch_size grad_accum "
-    "lora_rank lora_alpha lora_dropout lora_targets mixed_precision seed guidance negative_prompt resolution "
-    "clip_range adv_clip min_prompt_count score_function kl_coef critic_lr critic_reset_every init_lora old_policy"
-).split()
-
-
-@dataclass
-class TrainPair:
-    """One training pair: sample keys of the winner and loser, its weight and its shard."""
-
-    key_w: str
-    key_l: str
-    weight: float
-    shard: int
-    pair_id: str
-
-
-def resolve(cfg: TrainConfig) -> TrainConfig:
-    """Fill in the per-objective defaults and check the numbers (nothing is written on bad input)."""
-    if not cfg.dataset:
-        raise PrefkitError(
-            "DATASET is required: a folder written by `prefkit generate`, labelled by `prefkit label`, "
-            "or a dataset published by `prefkit publish` (its folder or Hub id)"
-        )
-    if not cfg.out:
-        raise PrefkitError("--out is required: where the LoRA, checkpoints and metrics go")
-    if cfg.objective not in OBJECTIVES:
-        raise PrefkitError(f"--objective {cfg.objective}: choose {' or '.join(OBJECTIVES)}")
-    if cfg.reference not in ("live", "stored"):
-        raise PrefkitError(f"--reference {cfg.reference}: choose live or stored")
-    if cfg.old_policy not in ("auto", "stored", "live"):
-        raise PrefkitError(f"--old-policy {cfg.old_policy}: choose auto, stored or live")
-    if cfg.mixed_precision not in ("no", "fp16", "bf16"):
-        raise PrefkitError(f"--mixed-precision {cfg.mixed_precision}: choose no, fp16 or bf16")
-    if cfg.lr_schedule not in ("constant", "linear", "cosine"):
-        raise PrefkitError(f"--lr-schedule {cfg.lr_schedule}: choose constant, linear or cosine")
-    for name in ("max_steps", "batch_size", "grad_accum", "lora_rank"):
-        if getattr(cfg, name) < 1:
-            raise PrefkitError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
-    if not 0 < cfg.timestep_fraction <= 1:
-        raise PrefkitError(f"--timestep-fraction {cfg.timestep_fraction}: must be in (0, 1]")
-    if not 0 < cfg.gamma <= 1:
-        raise PrefkitError(f"--gamma {cfg.gamma}: must be in (0, 1]")
-    if not 0 < cfg.eps < 1:
-        raise PrefkitError(f"--eps {cfg.eps}: must be in (0, 1)")
-    if cfg.clip_range <= 0 or cfg.adv_clip <= 0:
-        raise PrefkitError(f"--clip-range {cfg.clip_range} / --adv-clip {cfg.adv_clip}: must be > 0")
-    if cfg.min_prompt_count < 0 or cfg.critic_reset_every < 0:
-        raise PrefkitError("--min-prompt-count and --critic-reset-every must be >= 0")
-    if cfg.kl_coef < 0:
-        raise PrefkitError(f"--kl-coef {cfg.kl_coef}: must be >= 0")
-    if cfg.critic_lr <= 0:
-        raise PrefkitError(f"--critic-lr {cfg.critic_lr}: must be > 0")
-    if cfg.kl_coef > 0 and cfg.objective == "diffusion-dpo":
-        raise PrefkitError("--kl-coef: the per-step KL needs trajectories (d3po, dense, ddpo, tdpo)")
-    if cfg.score_function and cfg.objective != "ddpo":
-        raise PrefkitError("--score-function is DDPO-SF: use it with --objective ddpo")
-    if cfg.steps_per_pair < 0:
-        raise PrefkitError(f"--steps-per-pair {cfg.steps_per_pair}: must be >= 0 (0 = exact)")
-    if cfg.resolution is not None and cfg.resolution < 1:
-        raise PrefkitError(f"--resolution {cfg.resolution}: must be at least 1")
-    d3po = cfg.objective == "d3po"
-    # diffusion-dpo: beta depends on the model family (5000 eps, 100 flow), filled in once it is loaded;
-    # the reward objectives have no beta
-    images = cfg.objective == "diffusion-dpo"
-    no_beta = images or cfg.objective in REWARD_OBJECTIVES
-    return dataclasses.replace(
-        cfg,
-        beta=cfg.beta if cfg.beta is not None or no_beta else (0.1 if d3po else 10.0),
-        weight_decay=cfg.weight_decay
-        if cfg.weight_decay is not None
-        else (2e-3 if cfg.objective == "dense" else 1e-4),
-        lora_alpha=cfg.lora_alpha if cfg.lora_alpha is not None else float(cfg.lora_rank),
-    )
-
-
-def epoch_order(pairs: list[TrainPair], seed: int, epoch: int) -> list[TrainPair]:
-    """Shards shuffled, then the pairs within each shard shuffled: reading stays shard by shard."""
+def epoch_order(pairs: list, seed: int, epoch: int) -> list:
+    """Shards shuffled, then the items within each shard shuffled: reading stays shard by shard."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    by_shard: dict[int, list[TrainPair]] = {}
+    by_shard: dict[int, list] = {}
     for p in pairs:
         by_shard.setdefault(p.shard, []).append(p)
     out = []
@@ -129,124 +43,9 @@ def epoch_order(pairs: list[TrainPair], seed: int, epoch: int) -> list[TrainPair
     return out
 
 
-def add_lora(denoiser: torch.nn.Module, cfg: TrainConfig, family: str) -> None:
-    from peft import LoraConfig
-
-    targets = (
-        [t.strip() for t in cfg.lora_targets.split(",")]
-        if cfg.lora_targets
-        else DEFAULT_TARGETS + (CONTEXT_TARGETS if family in ("sd3", "flux") else [])
-    )
-    present = {n.rsplit(".", 1)[-1] for n, _ in denoiser.named_modules()} | {
-        n for n, _ in denoiser.named_modules()
-    }
-    targets = [t for t in targets if t in present or any(n.endswith("." + t) for n in present)]
-    if not targets:
-        raise PrefkitError("--lora-targets: none of the modules exist in this denoiser")
-    denoiser.requires_grad_(False)
-    denoiser.add_adapter(
-        LoraConfig(
-            r=cfg.lora_rank,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            init_lora_weights="gaussian",
-            target_modules=targets,
-        )
-    )
-
-
-@contextlib.contextmanager
-def reference_mode(denoiser: torch.nn.Module):
-    """The reference = the base model: the same network with its LoRA adapters disabled (docs/math.md section 12).
-    ``disable_adapters`` turns requires_grad off on the LoRA weights; they are restored in finally."""
-    trainable = [p for p in denoiser.parameters() if p.requires_grad]
-    denoiser.disable_adapters()
-    try:
-        yield
-    finally:
-        denoiser.enable_adapters()
-        for p in trainable:
-            p.requires_grad_(True)
-
-
-def lora_state(denoiser) -> dict[str, torch.Tensor]:
-    from peft.utils import get_peft_model_state_dict
-
-    return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(denoiser).items()}
-
-
-def save_lora(pipe, denoiser, folder: Path) -> None:
-    """The LoRA in diffusers format: ``pipe.load_lora_weights(folder)`` loads it and reproduces the
-    policy exactly (tests/test_lora_io.py). The peft state dict is saved as is: running it through
-    ``convert_state_dict_to_diffusers`` first turns SD3's attention keys into the old ``lora.down/up``
-    names, which ``load_lora_weights`` then silently skips. The LoraConfig goes along as the file's
-    adapter metadata: without it the loader assumes lora_alpha = rank, and a LoRA trained with another
-    --lora-alpha would load at the wrong scale."""
-    layers = lora_state(denoiser)
-    name = "unet" if hasattr(pipe, "unet") else "transformer"
-    kw = {
-        f"{name}_lora_layers": layers,
-        f"{name}_lora_adapter_metadata": denoiser.peft_config["default"].to_dict(),
-    }
-    type(pipe).save_lora_weights(str(folder), **kw, safe_serialization=True)
-
-
-def load_init_lora(denoiser, folder: str | Path, family: str) -> None:
-    """--init-lora: load a LoRA saved by prefkit train (OUT/lora or OUT/checkpoint-N, diffusers format)
-    into the LoRA just added to ``denoiser``. The two must match key for key and shape for shape (same
-    --lora-rank and targets) and in scale (same --lora-alpha, read from the file's adapter metadata);
-    anything else is an error, never a partial load. The adapters stay separate: the reference is still
-    the network with them disabled, i.e. the base model."""
-    from peft.utils import set_peft_model_state_dict
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = Path(folder).expanduser() / "pytorch_lora_weights.safetensors"
-    if not path.is_file():
-        raise PrefkitError(
-            f"--init-lora {folder}: no pytorch_lora_weights.safetensors there; give the lora/ folder (or a "
-            "checkpoint-N/ folder) that prefkit train wrote"
-        )
-    prefix = ("unet" if family == "ddim" else "transformer") + "."
-    saved = {k.removeprefix(prefix): v for k, v in load_file(str(path)).items()}
-    current = lora_state(denoiser)
-    missing = sorted(current.keys() - saved.keys())
-    extra = sorted(saved.keys() - current.keys())
-    shapes = [k for k in sorted(current.keys() & saved.keys()) if current[k].shape != saved[k].shape]
-    config = denoiser.peft_config["default"]
-    problems = []
-    if missing or extra:
-        problems.append(
-            f"{len(missing)} of this run's LoRA weights are not in the file"
-            + (f" (e.g. {missing[0]})" if missing else "")
-            + f" and {len(extra)} of the file's are not in this run"
-            + (f" (e.g. {extra[0]})" if extra else "")
-        )
-    if shapes:
-        k = shapes[0]
-        problems.append(
-            f"{len(shapes)} weights differ in shape (e.g. {k}: file {list(saved[k].shape)}, "
-            f"this run {list(current[k].shape)} with --lora-rank {config.r})"
-        )
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if "lora_adapter_metadata" in meta:
-        info = json.loads(meta["lora_adapter_metadata"])
-        alpha = info.get(f"{prefix}lora_alpha", info.get("lora_alpha"))
-        if alpha is not None and float(alpha) != float(config.lora_alpha):
-            problems.append(f"the file's lora_alpha {alpha} != this run's --lora-alpha {config.lora_alpha}")
-    if problems:
-        raise PrefkitError(
-            f"--init-lora {folder}: does not match this run's LoRA: "
-            + "; ".join(problems)
-            + ". Train with the same --lora-rank, --lora-alpha and --lora-targets as the run that saved it."
-        )
-    set_peft_model_state_dict(denoiser, {k: saved[k] for k in current})
-
-
 @dataclass
 class Run:
-    """One training run's moving parts, shared by the trajectory objectives and diffusion-dpo."""
+    """One training run's moving parts, shared by every objective."""
 
     cfg: TrainConfig
     out: Path
@@ -261,7 +60,7 @@ class Run:
     state: dict
     # more objects with state_dict / load_state_dict saved in every checkpoint (extras.pt), e.g. TDPO's
     # critic and its optimizer; registered with add_extras, which restores them when resuming
-    extras: dict = dataclasses.field(default_factory=dict)
+    extras: dict = field(default_factory=dict)
 
 
 def add_extras(run: Run, **objects) -> None:
@@ -299,9 +98,9 @@ def setup_run(cfg: TrainConfig, out: Path, accelerator, pipe, family) -> Run:
             m.requires_grad_(False)
     torch.manual_seed(cfg.seed)  # LoRA initialisation
     denoiser = family.denoiser
-    add_lora(denoiser, cfg, family.name)
+    add_lora(denoiser, cfg, family)
     if cfg.init_lora:
-        load_init_lora(denoiser, cfg.init_lora, family.name)
+        load_init_lora(denoiser, cfg.init_lora, family)
     if cfg.gradient_checkpointing:
         denoiser.enable_gradient_checkpointing()
     params = [p for p in denoiser.parameters() if p.requires_grad]
@@ -398,7 +197,7 @@ def train_loop(run: Run, pairs: list, step, unit: str = "pairs") -> dict[str, An
                     batch = [
                         (order[(start + i) % len(order)], epoch, start + i) for i in range(cfg.batch_size)
                     ]
-                    stats = step(batch, a == cfg.grad_accum - 1)
+                    stats = step(Batch.of(batch), a == cfg.grad_accum - 1)
                     for k, v in stats.items():
                         sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
                     state["micro_batch"] += 1
@@ -514,23 +313,28 @@ class NonFiniteLoss(PrefkitError):
 
 
 def check_out(out: Path, cfg: TrainConfig) -> None:
+    """--out: absent, an empty folder, or (with --resume) the folder of an interrupted run."""
     if out.exists() and not out.is_dir():
         raise PrefkitError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not cfg.resume:
-            raise PrefkitError(
-                f"--out {out}: not empty; pass --resume to continue the run there, or choose a new folder"
-            )
-        saved = out / "config.yaml"
-        if saved.is_file():
-            import yaml
+    if out.is_dir() and any(out.iterdir()) and not cfg.resume:
+        raise PrefkitError(
+            f"--out {out}: not empty; pass --resume to continue the run there, or choose a new folder"
+        )
 
-            old = {k.replace("-", "_"): v for k, v in (yaml.safe_load(saved.read_text()) or {}).items()}
-            new = resolve(cfg).to_dict()
-            diff = [k for k in RESUME_KEYS if k in old and old[k] != new[k]]
-            if diff:
-                shown = "; ".join(f"{k}: was {old[k]!r}, now {new[k]!r}" for k in diff)
-                raise PrefkitError(f"--resume {out}: settings differ from the interrupted run ({shown})")
+
+def check_resume(out: Path, cfg: TrainConfig) -> None:
+    """--resume: the settings of RESUME_KEYS must be those of the interrupted run (its config.yaml)."""
+    saved = out / "config.yaml"
+    if not (cfg.resume and saved.is_file()):
+        return
+    import yaml
+
+    old = {k.replace("-", "_"): v for k, v in (yaml.safe_load(saved.read_text()) or {}).items()}
+    new = resolve(cfg).to_dict()
+    diff = [k for k in RESUME_KEYS if k in old and old[k] != new[k]]
+    if diff:
+        shown = "; ".join(f"{k}: was {old[k]!r}, now {new[k]!r}" for k in diff)
+        raise PrefkitError(f"--resume {out}: settings differ from the interrupted run ({shown})")
 
 
 def latest_checkpoint(out: Path) -> Path | None:

@@ -1,0 +1,2 @@
+"""One module per training objective, each a step class named in its row of the table
+(prefkit/training/table.py)."""

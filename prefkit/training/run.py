@@ -1,0 +1,76 @@
+"""``prefkit train``: the stage, the same for every objective. It reads the objective's row in the table
+(prefkit/training/table.py): the data kind it opens and the step class it trains with.
+
+Order: settings checked (nothing written on bad input), the data opened and checked, the model loaded,
+the objective's family-dependent settings, the output folder checked, the policy (base denoiser + LoRA;
+the reference is the SAME network with the adapters disabled, docs/math.md section 12), the step's
+start-up checks, the optimizer loop (prefkit.training.engine), the LoRA and summary.json.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from prefkit.progress import note
+from prefkit.training.config import TrainConfig, resolve, unread_flags
+from prefkit.training.table import IMAGE_PAIRS, objective
+
+
+def data_kind(kind: str):
+    """The class that opens a data kind of the table."""
+    if kind == IMAGE_PAIRS:
+        from prefkit.training.images import ImageData
+
+        return ImageData
+    from prefkit.training.trajectories import TrajectoryData
+
+    return TrajectoryData
+
+
+def step_class(path: str):
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def run_train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train a LoRA on ``cfg.dataset`` with ``cfg.objective``; returns the final metrics record (with
+    ``recent``: the means of the last steps)."""
+    from prefkit.families import family_of
+    from prefkit.training.engine import (
+        begin_outputs,
+        check_out,
+        check_resume,
+        finish_run,
+        setup_run,
+        start_accelerator,
+        train_loop,
+    )
+
+    cfg = resolve(cfg)
+    row = objective(cfg.objective)
+    Step = step_class(row.step)
+    out = Path(cfg.out).expanduser()
+    data = data_kind(row.data)(cfg, row.data)
+    check_out(out, cfg)
+    accelerator = start_accelerator(cfg, out)
+    ignored = [shown for shown, _ in unread_flags(cfg)]
+    if ignored:
+        note(accelerator.is_main_process, f"--objective {cfg.objective} ignores {'; '.join(ignored)}")
+    pipe = data.load_pipeline(accelerator.device)
+    family = family_of(pipe)
+    data.bind(family)
+    cfg = Step.configure(cfg, family)
+    check_resume(out, cfg)
+    run = setup_run(cfg, out, accelerator, pipe, family)
+    step = Step(cfg, run, data)
+    step.prepare()
+    begin_outputs(run)
+    last = train_loop(run, data.items, step, unit=Step.unit)
+    step.save(out)
+    summary: dict[str, Any] = {"final": last, **data.summary(), "objective": cfg.objective, **step.summary()}
+    if cfg.init_lora:
+        summary["init_lora"] = str(Path(cfg.init_lora).expanduser().resolve())
+    recent = finish_run(run, summary)
+    return {**last, **data.result(), "recent": recent}
