@@ -1,6 +1,6 @@
 """`prefkit eval`: intervals against hand-worked numbers, and the command on the tiny SD3 at 16 px.
 
-The learned LoRA comes from the loop of tests/test_learning.py, made through the CLI (generate -> label
+The learned LoRA comes from the loop of tests/training/test_learning.py, made through the CLI (generate -> label
 -> train) and smaller: 8 prompts x 8 samples, 4 steps, no CFG, noise level 0.7, labelled by a scorer
 that prefers brighter images (tests/prefkit_test_scorers.py), D3PO lr 1e-2 for 20 steps of 8 pairs
 (--reference stored: one forward pass fewer). It is then evaluated on 8 held-out prompts x 4 seeds with

@@ -9,7 +9,7 @@ samples. It does NOT assert that the tuned model wins: the counts depend on the 
 (on another make of CPU the same seed can give float16 chains that differ in the last bit, and
 the dense run's counts did differ between two CPUs), and across draws of the data the recipe wins on most but not all (docs/results.md,
 "What depends on the CPU"). The learning itself is asserted where it is robust to rounding:
-tests/test_learning.py and tests/test_rl_learning.py (large effects, t-statistics)."""
+tests/training/test_learning.py and tests/training/test_rl_learning.py (large effects, t-statistics)."""
 
 from __future__ import annotations
 

@@ -73,7 +73,7 @@ def lora_state(denoiser) -> dict[str, torch.Tensor]:
 
 def save_lora(pipe, denoiser, folder: Path) -> None:
     """The LoRA in diffusers format: ``pipe.load_lora_weights(folder)`` loads it and reproduces the
-    policy exactly (tests/test_lora_io.py). The peft state dict is saved as is: running it through
+    policy exactly (tests/training/test_lora_io.py). The peft state dict is saved as is: running it through
     ``convert_state_dict_to_diffusers`` first turns SD3's attention keys into the old ``lora.down/up``
     names, which ``load_lora_weights`` then silently skips. The LoraConfig goes along as the file's
     adapter metadata: without it the loader assumes lora_alpha = rank, and a LoRA trained with another

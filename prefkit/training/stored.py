@@ -15,7 +15,7 @@ through its layers; lp is a mean of terms of the size of |lp|. So at step positi
 
 with eps that of the COARSER of the sampling precision (the dataset's model dtype) and the training one
 (autocast dtype, else the model dtype, TF32 for float32 on CUDA where allowed). Measured on the tiny SD3
-(tests/test_precision.py): float32 differences of 0 to a few 1e-7 (|lp| ~ 1-2, tol ~ 1.5e-5); bfloat16
+(tests/training/test_precision.py): float32 differences of 0 to a few 1e-7 (|lp| ~ 1-2, tol ~ 1.5e-5); bfloat16
 autocast ~3e-2 (tol ~ 1.2); a dataset sampled by another random model ~1e-1 to 1 in float32.
 
 Decision:

@@ -19,7 +19,7 @@ the policy of the last epoch. Its lp come from one of two places (--old-policy):
   live    recomputed in the training micro-batch, same batch, layout and precision as lp_theta, without
           gradient: adapters off (the base model; the forward is shared with --kl-coef's reference), or
           the --init-lora weights kept frozen as a second peft adapter ``sampler``. The ratio at the first
-          update is then exactly 1 in every precision (tests/test_precision.py).
+          update is then exactly 1 in every precision (tests/training/test_precision.py).
 ``auto`` (the default) measures the stored lp against a live recomputation at start-up
 (prefkit/training/stored.py: first, middle and last step) and takes stored only where they are exact (float32);
 a difference beyond the precision's rounding means another policy sampled the data: refused unless

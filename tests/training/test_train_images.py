@@ -1,6 +1,6 @@
 """`prefkit train --objective diffusion-dpo`: Diffusion-DPO on final image pairs (docs/math.md section 7), through the
 real training loop, on Pick-a-Pic-format data made in the test (the loss arithmetic and its sign are
-pinned in tests/test_diffusion_dpo_loss.py)."""
+pinned in tests/math/test_losses.py)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """A learning test for the reward objectives: two rounds of `prefkit loop` with DDPO raise a scalar score
 on held-out prompts, far beyond run-to-run noise.
 
-Setup (as tests/test_learning.py): the tiny SD3 at 16 x 16 px, 4 steps, no CFG, flow-SDE noise 0.7.
+Setup (as tests/training/test_learning.py): the tiny SD3 at 16 x 16 px, 4 steps, no CFG, flow-SDE noise 0.7.
 The reward is the python:module:function scorer tests/prefkit_test_scorers.py:brightness: the mean pixel value
 (brightness). The loop: 2 rounds of 8 training prompts x 8 samples generated
 by the current policy, scored, and 15 DDPO steps of 8 samples (lr 1e-2, clip range 1e-2, rank 4, seed 0)

@@ -20,8 +20,6 @@ from torch.testing import assert_close
 from prefkit.config import LoopConfig
 from prefkit.critic import TemporalCritic, active_neurons, critic_loss, reset_active_neurons
 from prefkit.errors import PrefkitError
-from prefkit.math.logprob import gaussian_logprob
-from prefkit.math.losses import ddpo_loss, gaussian_step_kl, per_prompt_advantages
 from prefkit.schemas import validate
 from prefkit.training.config import TrainConfig
 from prefkit.training.run import run_train
@@ -41,107 +39,6 @@ def _train(dataset: Path, out: Path, **kw) -> dict:
     kw.setdefault("batch_size", 2)
     kw.setdefault("checkpoint_every", 0)
     return run_train(TrainConfig(dataset=str(dataset), out=str(out), quiet=True, **kw))
-
-
-# -- 1. DDPO's loss ------------------------------------------------------------------------------------------
-
-
-def _ddpo_case():
-    """B = 2 samples, S = 2 steps, c = 0.1.
-    sample 0, A = +2, ratios 1.05 and 1.2; sample 1, A = -1, ratios 0.8 and 1.05."""
-    lp_old = torch.tensor([[-1.0, -2.0], [-0.5, -1.5]])
-    ratios = torch.tensor([[1.05, 1.2], [0.8, 1.05]])
-    lp_theta = (lp_old + ratios.log()).requires_grad_(True)
-    adv = torch.tensor([2.0, -1.0])
-    return lp_theta, lp_old, adv
-
-
-def test_ddpo_loss_hand_worked():
-    lp_theta, lp_old, adv = _ddpo_case()
-    res = ddpo_loss(lp_theta, lp_old, adv, clip_range=0.1)
-    # per step max(-A r, -A clip(r, 0.9, 1.1)):
-    #   s0 k0: r 1.05 inside:       max(-2.1, -2.1) = -2.1      gradient -A r = -2.1
-    #   s0 k1: r 1.2  clipped:      max(-2.4, -2.2) = -2.2      gradient 0 (the clipped branch)
-    #   s1 k0: r 0.8  clipped:      max( 0.8,  0.9) =  0.9      gradient 0
-    #   s1 k1: r 1.05 inside:       max(1.05, 1.05) =  1.05     gradient -A r = +1.05
-    # loss = (-2.1 - 2.2 + 0.9 + 1.05) / 4 = -0.5875; d loss / d lp = the gradients / 4
-    assert_close(res.loss, torch.tensor(-0.5875), atol=1e-6, rtol=0)
-    res.loss.backward()
-    assert_close(lp_theta.grad, torch.tensor([[-0.525, 0.0], [0.0, 0.2625]]), atol=1e-6, rtol=0)
-    # clipfrac: |r - 1| > 0.1 for 1.2 and 0.8 -> 2 / 4
-    assert float(res.clipfrac) == 0.5
-    # approx_kl = mean 0.5 (log r)^2 = 0.5 (0.0487902^2 + 0.1823216^2 + 0.2231436^2 + 0.0487902^2) / 4
-    #           = 0.5 x 0.0877948 / 4 = 0.0109744
-    assert float(res.approx_kl) == pytest.approx(0.0109744, abs=1e-6)
-
-
-def test_ddpo_score_function_hand_worked():
-    lp_theta, lp_old, adv = _ddpo_case()
-    res = ddpo_loss(lp_theta, lp_old, adv, clip_range=0.1, score_function=True)
-    # lp_theta = lp_old + log r = [[-0.9512098, -1.8176784], [-0.7231436, -1.4512098]]
-    # -A lp: 2 x 0.9512098 + 2 x 1.8176784 - 0.7231436 - 1.4512098 = 3.3634230; / 4 = 0.8408558
-    assert res.loss.item() == pytest.approx(0.8408558, abs=1e-6)
-    res.loss.backward()
-    assert_close(lp_theta.grad, torch.tensor([[-0.5, -0.5], [0.25, 0.25]]), atol=1e-7, rtol=0)
-
-
-def test_ddpo_gradient_equals_reinforce_at_ratio_one():
-    """With r = 1 (policy == sampler) and clipping inactive, DDPO-IS's gradient IS REINFORCE's:
-    d/d theta [-A r] = -A r d lp / d theta = -A d lp / d theta. Checked through a real Gaussian step whose
-    mean is a linear function of the parameters (the policy), against the score-function loss."""
-    g = torch.Generator().manual_seed(0)
-    B, S, D = 3, 4, 5
-    x = torch.randn(B, S, D, generator=g)
-    W = torch.randn(D, D, generator=g).requires_grad_(True)
-    x_next = x @ W.detach() + 0.3 * torch.randn(B, S, D, generator=g)
-    adv = torch.randn(B, generator=g)
-
-    def lp_of(weight):
-        mean = x @ weight  # [B, S, D]
-        return gaussian_logprob(x_next.flatten(0, 1), mean.flatten(0, 1), torch.tensor(0.3)).view(B, S)
-
-    lp_old = lp_of(W).detach()
-    grad_is = torch.autograd.grad(ddpo_loss(lp_of(W), lp_old, adv, clip_range=1e-4).loss, W)[0]
-    grad_sf = torch.autograd.grad(ddpo_loss(lp_of(W), lp_old, adv, score_function=True).loss, W)[0]
-    # REINFORCE written out: -(1 / (B S)) sum_i A_i sum_k d lp_ik / d W
-    lp = lp_of(W)
-    grad_reinforce = torch.autograd.grad(-(adv[:, None] * lp).sum() / (B * S), W)[0]
-    assert_close(grad_is, grad_reinforce, atol=1e-6, rtol=1e-5)
-    assert_close(grad_sf, grad_reinforce, atol=1e-6, rtol=1e-5)
-    assert float(grad_is.abs().max()) > 1e-3
-
-
-def test_per_prompt_advantages_hand_worked():
-    scores = [1.0, 2.0, 3.0, 10.0, 20.0]
-    prompts = ["a", "a", "a", "b", "b"]
-    adv = per_prompt_advantages(scores, prompts, min_count=3, clip=5.0)
-    # prompt a has 3 >= min_count samples: its own mean 2, population std sqrt(2/3) = 0.8164966
-    #   -> (-1.2247449, 0, 1.2247449)
-    # prompt b has 2 < 3: the whole dataset's mean 7.2 and std sqrt(254.8 / 5) = 7.1386273
-    #   -> (10 - 7.2) / 7.1386273 = 0.3922323, (20 - 7.2) / 7.1386273 = 1.7930620
-    assert_close(adv, torch.tensor([-1.2247449, 0.0, 1.2247449, 0.3922323, 1.7930620]), atol=2e-6, rtol=0)
-    clipped = per_prompt_advantages(scores, prompts, min_count=3, clip=1.0)
-    assert_close(clipped, torch.tensor([-1.0, 0.0, 1.0, 0.3922323, 1.0]), atol=2e-6, rtol=0)
-    # min_count 0: every prompt by its own samples; b: mean 15, std 5 -> -1, +1
-    own = per_prompt_advantages(scores, prompts, min_count=0)
-    assert_close(own[3:], torch.tensor([-1.0, 1.0]), atol=1e-6, rtol=0)
-
-
-# -- 2. DPOK's KL ------------------------------------------------------------------------------------------
-
-
-def test_gaussian_step_kl_hand_worked_and_against_torch():
-    mean_theta = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
-    mean_ref = torch.ones(1, 4)
-    # (mu_theta - mu_ref)^2 / (2 s^2), s = 2: (0, 1, 4, 9) / 8 -> mean over the 4 elements 14 / 32 = 0.4375
-    assert_close(gaussian_step_kl(mean_theta, mean_ref, torch.tensor(2.0)), torch.tensor([0.4375]))
-    g = torch.Generator().manual_seed(0)
-    mt, mr = torch.randn(3, 2, 4, 4, generator=g), torch.randn(3, 2, 4, 4, generator=g)
-    std = torch.rand(3, 1, 1, 1, generator=g) + 0.1
-    Normal = torch.distributions.Normal
-    expected = torch.distributions.kl_divergence(Normal(mt, std), Normal(mr, std)).flatten(1).mean(1)
-    assert_close(gaussian_step_kl(mt, mr, std), expected, atol=1e-6, rtol=1e-5)
-    assert_close(gaussian_step_kl(mt, mt.clone(), std), torch.zeros(3))
 
 
 # -- 3. TDPO's critic --------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from prefkit.training.config import RESUME_KEYS, TrainConfig, resolve, unread_fl
 from prefkit.training.step import ObjectiveStep
 from prefkit.training.table import OBJECTIVES, flags
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "objectives.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "objectives.md"
 
 
 def test_every_row_names_an_existing_step_class_and_its_flags_are_config_fields():
