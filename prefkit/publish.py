@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from prefkit.errors import PrefkitError
-from prefkit.fileio import reading, remove_quietly, writing
+from prefkit.fileio import check_output_folder, reading, remove_quietly, writing
 
 STAGING_DEFAULT = ".publish"
 MARKER = ".prefkit-publish"  # marks a staging folder prefkit may wipe and rebuild; never uploaded
@@ -296,14 +296,13 @@ def _prepare_staging(staging: Path, dataset: Path) -> None:
     staging = Path(staging)
     if staging.resolve() == Path(dataset).resolve():
         raise PrefkitError(f"--staging {staging}: cannot be the dataset folder itself")
+    check_output_folder(
+        staging,
+        flag="--staging",
+        allow=(staging / MARKER).is_file(),
+        hint="it was not made by `prefkit publish`, so it is not wiped: give an empty or new folder",
+    )
     if staging.exists():
-        if not staging.is_dir():
-            raise PrefkitError(f"--staging {staging}: exists and is not a folder")
-        if any(staging.iterdir()) and not (staging / MARKER).is_file():
-            raise PrefkitError(
-                f"--staging {staging}: the folder is not empty and was not made by `prefkit publish`; "
-                "give an empty or new folder"
-            )
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     (staging / MARKER).write_text(
