@@ -38,6 +38,7 @@ from typing import Any
 
 from prefkit.errors import PrefkitError
 from prefkit.fileio import check_output_folder, reading, remove_quietly, writing
+from prefkit.resources import hub_offline
 
 STAGING_DEFAULT = ".publish"
 MARKER = ".prefkit-publish"  # marks a staging folder prefkit may wipe and rebuild; never uploaded
@@ -151,10 +152,8 @@ def run_publish(cfg, api=None) -> dict[str, Any]:
 def check_hub_access() -> None:
     """A clear error, instead of a stack trace from deep inside huggingface_hub, when offline or logged out."""
     import huggingface_hub
-    from huggingface_hub import constants
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
-    if offline or constants.HF_HUB_OFFLINE:
+    if hub_offline(library=True):
         raise PrefkitError(
             "cannot upload: HF_HUB_OFFLINE is set, so huggingface_hub refuses every Hub call. Unset it "
             "(`unset HF_HUB_OFFLINE`) to publish, or pass --dry-run to build and list the folder only."

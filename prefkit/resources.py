@@ -1,11 +1,13 @@
-"""Where prefkit's shipped files are: the repository's data/ and schemas/ folders.
+"""Where prefkit's resources are: the repository's data/ and schemas/ folders, and whether the Hugging
+Face Hub may be reached.
 
-Installed, they are the packages ``prefkit._data`` and ``prefkit._schemas`` (pyproject.toml maps the
-folders in); in a source checkout that is not installed they sit beside the ``prefkit/`` folder.
+Installed, data/ and schemas/ are the packages ``prefkit._data`` and ``prefkit._schemas`` (pyproject.toml
+maps the folders in); in a source checkout that is not installed they sit beside the ``prefkit/`` folder.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[1]
@@ -31,3 +33,17 @@ def data_dir() -> Path:
 def schema_dir() -> Path:
     """JSON Schemas of every record prefkit writes."""
     return _folder("prefkit._schemas", "schemas")
+
+
+def hub_offline(library: bool = False) -> bool:
+    """Whether ``HF_HUB_OFFLINE`` is set to 1, true, yes or on (any case, surrounding spaces ignored: the
+    values huggingface_hub itself accepts). With ``library``, also huggingface_hub's own flag
+    (``huggingface_hub.constants.HF_HUB_OFFLINE``, read from the environment when it was first imported),
+    which is what decides whether its calls are refused."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if library:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    return False

@@ -1,5 +1,5 @@
-"""The helpers every stage shares (prefkit.fileio): the formats they write are the ones the stages wrote
-before, byte for byte."""
+"""The helpers every stage shares (prefkit.fileio, prefkit.resources): the formats they write are the ones
+the stages wrote before, byte for byte."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from prefkit.errors import PrefkitError
 from prefkit.fileio import check_output_folder, jsonable, utc_timestamp, write_yaml
+from prefkit.resources import hub_offline
 
 
 def test_utc_timestamp_formats():
@@ -60,3 +61,25 @@ def test_check_output_folder(tmp_path):
     assert check_output_folder(tmp_path, allow=True, hint=hint) is True
     with pytest.raises(PrefkitError, match="^--staging .*f: exists and is not a folder$"):
         check_output_folder(tmp_path / "f", allow=True, hint=hint, flag="--staging")
+
+
+@pytest.mark.parametrize(
+    ("value", "offline"),
+    [("1", True), ("true", True), (" YES ", True), ("On", True), ("0", False), ("", False), ("no", False)],
+)
+def test_hub_offline_reads_the_environment(monkeypatch, value, offline):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert hub_offline() is offline
+    assert hub_offline(library=True) is offline
+
+
+def test_hub_offline_library_flag(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert hub_offline() is False  # the environment only
+    assert hub_offline(library=True) is True  # huggingface_hub would refuse its calls
