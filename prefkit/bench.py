@@ -119,7 +119,7 @@ def bench_generate(
         kwargs |= {"guidance_scale": guidance, "eta": noise}
 
     def run_prefkit(seed0: int) -> None:
-        fam.__dict__.pop("_encoded", None)  # Family._encode_cached's store
+        fam.forget_prompt_encodings()  # time the text encoders too, as in every pipeline call
         traj = sample(fam, prompts, list(range(seed0, seed0 + batch_size)), st)
         for b in range(batch_size):
             _sample_files({"key": f"g{b:08d}_s00"}, traj, b, fam.name)
@@ -280,10 +280,8 @@ def _bare_step(family, schedule, sampler, batch, optimizer, reference=None) -> N
     xs, cond = batch
     for x, k in xs:
         if reference is not None:
-            policy, family.net = family.net, reference
-            with torch.no_grad():
+            with family.using(reference), torch.no_grad():
                 family.model_output(x, k, schedule, cond, sampler.guidance)
-            family.net = policy
         out = family.model_output(x, k, schedule, cond, sampler.guidance)
         (out.float().mean() / len(xs)).backward()
     optimizer.step()

@@ -315,7 +315,7 @@ def set_adapters(pipe, family, enabled: bool) -> None:
     output, so the base samples equal those of the pipeline loaded without the LoRA, bit for bit."""
     (pipe.enable_lora if enabled else pipe.disable_lora)()
     if any(not name.startswith(("unet", "transformer")) for name in pipe.get_list_adapters()):
-        family.__dict__.pop("_encoded", None)  # a text-encoder LoRA: prompt encodings differ per side
+        family.forget_prompt_encodings()  # a text-encoder LoRA: prompt encodings differ per side
 
 
 def tuned_chain_logprobs_under_base(family, traj, settings) -> torch.Tensor:

@@ -1,11 +1,12 @@
-"""The helpers every stage shares (prefkit.fileio, prefkit.resources): the formats they write are the ones
-the stages wrote before, byte for byte."""
+"""The helpers every stage shares (prefkit.fileio, prefkit.resources, Family's network and prompt cache):
+the formats they write are the ones the stages wrote before, byte for byte."""
 
 from __future__ import annotations
 
 import re
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -83,3 +84,37 @@ def test_hub_offline_library_flag(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert hub_offline() is False  # the environment only
     assert hub_offline(library=True) is True  # huggingface_hub would refuse its calls
+
+
+def _family():
+    from prefkit.families import Family
+
+    fam = Family(SimpleNamespace(device="cpu", vae_scale_factor=8))
+    calls = []
+    fam._encode_one = lambda prompt: calls.append(prompt) or (prompt, None, None)
+    return fam, calls
+
+
+def test_family_using_restores_the_network():
+    fam, _ = _family()
+    a, b = object(), object()
+    assert fam.net is None
+    fam.set_network(a)
+    with fam.using(b):
+        assert fam.net is b
+    assert fam.net is a
+    with pytest.raises(RuntimeError), fam.using(None):
+        assert fam.net is None
+        raise RuntimeError
+    assert fam.net is a
+
+
+def test_family_forget_prompt_encodings():
+    fam, calls = _family()
+    fam._encode_cached("a")
+    fam._encode_cached("a")
+    assert calls == ["a"]
+    fam.forget_prompt_encodings()
+    fam.forget_prompt_encodings()  # nothing cached: fine
+    fam._encode_cached("a")
+    assert calls == ["a", "a"]
