@@ -278,7 +278,7 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
                         "seed": seeds[b][0],
                         "init_noise_seed": seeds[b][1],
                     }
-                    samples.append(_sample_files(record, traj, b, family.name))
+                    samples.append(encode_sample(record, traj, b, family.name))
                     if cfg.store_embeddings and i == 0:
                         embeddings.update(_group_embeddings(g, traj.cond, b))
                 advance(len(batch))
@@ -386,7 +386,9 @@ def sample_batch(family, settings, cfg: GenerateConfig, prompts: list[str], batc
     return seeds, traj
 
 
-def _sample_files(record: dict[str, Any], traj, b: int, family_name: str) -> dict[str, Any]:
+def encode_sample(record: dict[str, Any], traj, b: int, family_name: str) -> dict[str, Any]:
+    """The shard member files of sample ``b`` of ``traj`` (its latents, timesteps, log-probs, sigmas for
+    flow models, PNG and ``record`` as JSON), keyed as :func:`prefkit.shards.write_shard` takes them."""
     files: dict[str, Any] = {
         "__key__": record["key"],
         "latents.npy": npy_bytes(traj.latents[b].to(torch.float16).numpy()),

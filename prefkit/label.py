@@ -136,7 +136,7 @@ def _import_human(cfg: LabelConfig, samples: dict[str, SampleInfo]) -> tuple[lis
     return pairs, meta
 
 
-def _iter_images(folder: Path, keys: set[str] | None = None) -> Iterator[tuple[str, Any, str]]:
+def iter_images(folder: Path, keys: set[str] | None = None) -> Iterator[tuple[str, Any, str]]:
     """(key, PIL image, prompt) of every sample, in shard order, decoding only the PNG and JSON."""
     import json
 
@@ -186,7 +186,7 @@ def _judge(cfg: LabelConfig, folder: Path, samples: dict[str, SampleInfo], kind:
             return judge, _judge_pairs(judge, info, folder, samples, kind, cfg.batch_size, advance), None
         scores: dict[str, float] = {}
         batch: list[tuple[str, Any, str]] = []
-        for item in _iter_images(folder):
+        for item in iter_images(folder):
             batch.append(item)
             if len(batch) == cfg.batch_size:
                 score_batch(judge, batch, scores)
@@ -244,7 +244,7 @@ def _judge_pairs(judge, info, folder: Path, samples, kind: str, batch_size: int,
                     )
                 )
 
-    for key, image, _prompt in _iter_images(folder):
+    for key, image, _prompt in iter_images(folder):
         g = samples[key].group_id
         if group_id is not None and g != group_id:
             flush()
