@@ -98,7 +98,7 @@ def bench_generate(
     Prompts are encoded inside both timed calls: prefkit's per-prompt cache is emptied before each of
     its runs (``pipe(...)`` encodes every call), so neither side reuses text encodings of the last."""
     from prefkit.families import DTYPES, family_of, load_pipeline, t5_length
-    from prefkit.generate import _sample_files
+    from prefkit.generate import encode_sample
     from prefkit.sampling import SamplerSettings, sample
 
     pipe = load_pipeline(model, dtype=DTYPES[_dtype_name(dtype, device)], device=torch.device(device))
@@ -119,10 +119,10 @@ def bench_generate(
         kwargs |= {"guidance_scale": guidance, "eta": noise}
 
     def run_prefkit(seed0: int) -> None:
-        fam.__dict__.pop("_encoded", None)  # Family._encode_cached's store
+        fam.forget_prompt_encodings()  # time the text encoders too, as in every pipeline call
         traj = sample(fam, prompts, list(range(seed0, seed0 + batch_size)), st)
         for b in range(batch_size):
-            _sample_files({"key": f"g{b:08d}_s00"}, traj, b, fam.name)
+            encode_sample({"key": f"g{b:08d}_s00"}, traj, b, fam.name)
 
     def run_pipe(seed0: int) -> None:
         gens = [torch.Generator("cpu").manual_seed(seed0 + i) for i in range(batch_size)]
@@ -279,10 +279,8 @@ def _bare_step(family, schedule, sampler, batch, optimizer, reference=None) -> N
     xs, cond = batch
     for x, k in xs:
         if reference is not None:
-            policy, family.net = family.net, reference
-            with torch.no_grad():
+            with family.using(reference), torch.no_grad():
                 family.model_output(x, k, schedule, cond, sampler.guidance)
-            family.net = policy
         out = family.model_output(x, k, schedule, cond, sampler.guidance)
         (out.float().mean() / len(xs)).backward()
     optimizer.step()
@@ -511,10 +509,11 @@ def build_memory_model(path, layers: int = 6, heads: int = 6, seed: int = 0) -> 
     weights): its parameters are most of the training process's memory, so a second copy shows."""
     from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 
-    from prefkit.models.tiny import _build, _make_sd3
+    from prefkit.models.parts import build_model_folder
+    from prefkit.models.tiny import make_sd3
 
     def make(s: int):
-        pipe = _make_sd3(s)
+        pipe = make_sd3(s)
         cfg = dict(pipe.transformer.config)
         torch.manual_seed(s)
         width = heads * 64
@@ -529,7 +528,7 @@ def build_memory_model(path, layers: int = 6, heads: int = 6, seed: int = 0) -> 
         parts["transformer"] = transformer
         return StableDiffusion3Pipeline(**parts)
 
-    return _build(make, path, seed)
+    return build_model_folder(make, path, seed)
 
 
 def _peak_rss() -> int:

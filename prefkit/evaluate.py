@@ -31,7 +31,6 @@ Drift, per sample:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -44,6 +43,7 @@ import torch
 from prefkit import __version__
 from prefkit.config import EvalConfig, GenerateConfig, LabelConfig
 from prefkit.errors import PrefkitError
+from prefkit.fileio import check_output_folder, jsonable, utc_timestamp
 from prefkit.progress import progress
 from prefkit.prompts import resolve_prompts
 from prefkit.shards import atomic_write_bytes, fsync_dir, json_bytes, png_bytes
@@ -179,13 +179,8 @@ def default_out(lora: Path) -> Path:
 
 
 def check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise PrefkitError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise PrefkitError(
-            f"--out {out}: the folder is not empty; choose another --out, or pass --overwrite to replace "
-            f"its {REPORT}, {SAMPLES} and {GRID}"
-        )
+    hint = f"choose another --out, or pass --overwrite to replace its {REPORT}, {SAMPLES} and {GRID}"
+    check_output_folder(out, allow=overwrite, hint=hint)
 
 
 def training_labels(origin: Origin) -> list[dict[str, Any]] | None:
@@ -320,7 +315,7 @@ def set_adapters(pipe, family, enabled: bool) -> None:
     output, so the base samples equal those of the pipeline loaded without the LoRA, bit for bit."""
     (pipe.enable_lora if enabled else pipe.disable_lora)()
     if any(not name.startswith(("unet", "transformer")) for name in pipe.get_list_adapters()):
-        family.__dict__.pop("_encoded", None)  # a text-encoder LoRA: prompt encodings differ per side
+        family.forget_prompt_encodings()  # a text-encoder LoRA: prompt encodings differ per side
 
 
 def tuned_chain_logprobs_under_base(family, traj, settings) -> torch.Tensor:
@@ -595,7 +590,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "prefkit_version": __version__,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created_at": utc_timestamp(),
         "lora": str(origin.lora),
         "training_run": str(origin.run) if origin.run else None,
         "dataset": origin.dataset,
@@ -632,7 +627,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         "files": {"samples": SAMPLES, "grid": GRID},
         "config": cfg.to_dict(),
     }
-    report = _jsonable(report)
+    report = jsonable(report)
     validate_record(report, "eval", REPORT)
     for row in rows:
         validate_record(row, "eval_sample", SAMPLES)
@@ -647,11 +642,6 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     )
     report["out"] = str(out)  # for the caller; not part of the file
     return report
-
-
-def _jsonable(value):
-
-    return json.loads(json.dumps(value, default=str))
 
 
 def print_summary(report: dict[str, Any]) -> None:

@@ -19,7 +19,9 @@ transformer. The log-prob math itself lives in :mod:`prefkit.math.logprob`.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,6 +254,22 @@ class Family:
     def _net(self):
         return self.net if self.net is not None else self.denoiser
 
+    def set_network(self, net: torch.nn.Module | None) -> None:
+        """Run the forwards of :meth:`model_output` through ``net`` (a wrapper of the denoiser, such as the
+        DDP module from ``accelerator.prepare``, or another copy of it); None: the denoiser itself."""
+        self.net = net
+
+    @contextlib.contextmanager
+    def using(self, net: torch.nn.Module | None) -> Iterator[None]:
+        """Inside the block, forwards run through ``net`` (see :meth:`set_network`); the network in use
+        before is restored when the block ends, however it ends."""
+        before = self.net
+        self.set_network(net)
+        try:
+            yield
+        finally:
+            self.set_network(before)
+
     def default_size(self) -> tuple[int, int]:
         raise NotImplementedError
 
@@ -299,6 +317,11 @@ class Family:
                 cache.pop(next(iter(cache)))
             cache[prompt] = self._encode_one(prompt)
         return cache[prompt]
+
+    def forget_prompt_encodings(self) -> None:
+        """Drop the cached prompt encodings, so the next :meth:`encode` runs the text encoders again: after
+        their weights change (a text-encoder LoRA switched on or off), or to time encoding afresh."""
+        self.__dict__.pop("_encoded", None)
 
     def _encode_one(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         raise NotImplementedError

@@ -6,6 +6,10 @@ disk full, quota, read-only mount, no permission -- into a :class:`~prefkit.erro
 the path and what to do. The CLI prints it as one line and exits 2. Libraries that write on their own
 (safetensors, pyarrow, PIL) report the same failures as other exception types whose message carries the
 OS error; :func:`fs_error` recognises those too.
+
+What every stage writes the same way lives here too: :func:`check_output_folder` (an --out that is a
+file, or not empty without --resume / --overwrite), :func:`write_yaml` (config.yaml), :func:`jsonable`
+(records as plain JSON) and :func:`utc_timestamp` (``created_at``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import errno
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -140,6 +145,45 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, fsync, rename."""
     with atomic_write(path) as f:
         f.write(data)
+
+
+def write_yaml(path: str | Path, values: dict[str, Any]) -> None:
+    """Write ``values`` as YAML to ``path`` atomically, keys with dashes as on the command line
+    (``lora_rank`` -> ``lora-rank``) and in the given order: the config.yaml every stage writes, which
+    ``--config`` loads back."""
+    import yaml
+
+    data = yaml.safe_dump({k.replace("_", "-"): v for k, v in values.items()}, sort_keys=False)
+    atomic_write_bytes(path, data.encode())
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON data (dicts, lists, str, numbers, bools, None): anything else that
+    :func:`json.dumps` cannot write (a Path, a torch.dtype...) becomes its ``str``; tuples become lists."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def utc_timestamp(t: float | None = None, ms: bool = False) -> str:
+    """``t`` (seconds since the epoch; default now) as UTC ISO 8601: ``2025-01-31T12:00:00Z``, or with
+    ``ms`` ``2025-01-31T12:00:00.123Z`` (milliseconds truncated)."""
+    if t is None:
+        t = time.time()
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
+    return text + (f".{int(t % 1 * 1000):03d}Z" if ms else "Z")
+
+
+def check_output_folder(path: str | Path, *, allow: bool, hint: str, flag: str = "--out") -> bool:
+    """Refuse an output folder that cannot be written into: ``path`` exists and is not a folder, or it is a
+    folder with something in it and ``allow`` (the command's --resume or --overwrite) is false; the error
+    names ``flag`` and ``path`` and ends with ``hint`` (what to do). Returns whether the folder exists and
+    is not empty (then the caller resumes, replaces or checks what is there)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise PrefkitError(f"{flag} {path}: exists and is not a folder")
+    full = path.is_dir() and any(path.iterdir())
+    if full and not allow:
+        raise PrefkitError(f"{flag} {path}: the folder is not empty; {hint}")
+    return full
 
 
 def parse_json(text: str | bytes, where: str, whole_file: bool = False) -> Any:

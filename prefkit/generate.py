@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import math
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from prefkit import __version__
 from prefkit.config import GENERATE_IDENTITY_KEYS, GenerateConfig
 from prefkit.errors import PrefkitError
 from prefkit.families import DTYPES, resolve_model
+from prefkit.fileio import check_output_folder, jsonable, utc_timestamp, write_yaml
 from prefkit.math.logprob import LP_REDUCTION
 from prefkit.progress import progress
 from prefkit.prompts import resolve_prompts
@@ -81,18 +81,11 @@ def validate_numbers(cfg: GenerateConfig) -> None:
 
 
 def check_out_dir(out: Path, resume: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise PrefkitError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not resume:
-            raise PrefkitError(
-                f"--out {out}: the folder is not empty; pass --resume to complete an interrupted run "
-                "there, or choose a new folder"
-            )
-        if not (out / MANIFEST).is_file():
-            raise PrefkitError(
-                f"--out {out}: --resume, but the folder has no {MANIFEST}; it is not a prefkit dataset"
-            )
+    hint = "pass --resume to complete an interrupted run there, or choose a new folder"
+    if check_output_folder(out, allow=resume, hint=hint) and not (out / MANIFEST).is_file():
+        raise PrefkitError(
+            f"--out {out}: --resume, but the folder has no {MANIFEST}; it is not a prefkit dataset"
+        )
 
 
 def resolve_sampler(cfg: GenerateConfig, family) -> tuple[str, float]:
@@ -207,7 +200,7 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "prefkit_version": __version__,
         "status": "in_progress",
-        "created_at": _now(),
+        "created_at": utc_timestamp(),
         "completed_at": None,
         "settings": identity,
         "model": model_info,
@@ -236,11 +229,9 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         if not (out / MANIFEST).is_file():
-            atomic_write_bytes(out / MANIFEST, json_bytes(_jsonable(manifest)))
+            atomic_write_bytes(out / MANIFEST, json_bytes(jsonable(manifest)))
         # the resolved config, loadable again with --config (TRL habit); the manifest is the authority
-        atomic_write_bytes(
-            out / "config.yaml", _yaml_bytes({k: v for k, v in su.cfg.to_dict().items() if k != "resume"})
-        )
+        write_yaml(out / "config.yaml", {k: v for k, v in su.cfg.to_dict().items() if k != "resume"})
     state.wait_for_everyone()
     manifest = read_manifest(out)
 
@@ -287,7 +278,7 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
                         "seed": seeds[b][0],
                         "init_noise_seed": seeds[b][1],
                     }
-                    samples.append(_sample_files(record, traj, b, family.name))
+                    samples.append(encode_sample(record, traj, b, family.name))
                     if cfg.store_embeddings and i == 0:
                         embeddings.update(_group_embeddings(g, traj.cond, b))
                 advance(len(batch))
@@ -305,14 +296,14 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
                 f"{out}: expected {num_shards} shards, found {len(shards)}; run again with --resume"
             )
         manifest["status"] = "complete"
-        manifest["completed_at"] = _now()
+        manifest["completed_at"] = utc_timestamp()
         manifest["counts"] = {
             "shards": num_shards,
             "samples": num_groups * cfg.samples_per_prompt,
             "groups": num_groups,
             "processes_last_run": state.num_processes,
         }
-        atomic_write_bytes(out / MANIFEST, json_bytes(_jsonable(manifest)))
+        atomic_write_bytes(out / MANIFEST, json_bytes(jsonable(manifest)))
         shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
         write_preview(out)
     state.wait_for_everyone()
@@ -353,7 +344,7 @@ def check_resume(out: Path, identity: dict[str, Any], prompts: list[str]) -> Non
     """Refuse to resume with other settings, or other prompt texts (a prompt file edited in between)."""
     manifest = read_manifest(out)
     old = manifest.get("settings", {})
-    new = _jsonable(identity)
+    new = jsonable(identity)
     diff = [k for k in new if old.get(k) != new[k]]
     shown = [f"{k}: was {old.get(k)!r}, now {new[k]!r}" for k in diff]
     if manifest.get("prompts") != prompts:
@@ -395,7 +386,9 @@ def sample_batch(family, settings, cfg: GenerateConfig, prompts: list[str], batc
     return seeds, traj
 
 
-def _sample_files(record: dict[str, Any], traj, b: int, family_name: str) -> dict[str, Any]:
+def encode_sample(record: dict[str, Any], traj, b: int, family_name: str) -> dict[str, Any]:
+    """The shard member files of sample ``b`` of ``traj`` (its latents, timesteps, log-probs, sigmas for
+    flow models, PNG and ``record`` as JSON), keyed as :func:`prefkit.shards.write_shard` takes them."""
     files: dict[str, Any] = {
         "__key__": record["key"],
         "latents.npy": npy_bytes(traj.latents[b].to(torch.float16).numpy()),
@@ -455,19 +448,3 @@ def write_preview(out: Path, max_groups: int = 8, max_per_group: int = 8) -> Pat
     path = out / "preview.png"
     atomic_write_bytes(path, png_bytes(image_grid(list(rows.values()))))
     return path
-
-
-def _yaml_bytes(values: dict[str, Any]) -> bytes:
-    import yaml
-
-    return yaml.safe_dump({k.replace("_", "-"): v for k, v in values.items()}, sort_keys=False).encode()
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _jsonable(value):
-    import json
-
-    return json.loads(json.dumps(value, default=str))

@@ -13,21 +13,21 @@ from typing import Any
 
 from prefkit.config import LabelConfig
 from prefkit.errors import PrefkitError
+from prefkit.importers import FORMATS, detect_format, import_human
 from prefkit.label_sets import (
     CHOICE_LABEL,
     PAIR_POLICIES,
     Pair,
     SampleInfo,
     check_name,
-    check_votes,
     dataset_samples,
     pairs_from_scores,
-    pairs_from_votes,
     write_label_set,
 )
 from prefkit.progress import progress
 
-HUMAN_FORMATS = ("prefkit", "pickapic", "d3po", "csv", "labelstudio", "annotate")
+# the importers' formats: prefkit, pickapic, d3po, csv, labelstudio, annotate
+HUMAN_FORMATS = tuple(f for f in FORMATS if f != "auto")
 RULE_SOURCES = ("jpeg",)
 
 
@@ -85,8 +85,8 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
 
 
 def _import_human(cfg: LabelConfig, samples: dict[str, SampleInfo]) -> tuple[list[Pair], dict[str, Any]]:
-    from prefkit.importers import detect_format, import_d3po, read_votes
-
+    """The stage's settings (--source/--format, --input, the annotate default) checked and resolved, then
+    :func:`prefkit.importers.import_human`; returns (pairs, the label set's meta)."""
     fmt = cfg.source if cfg.source in HUMAN_FORMATS else cfg.format
     inputs = list(cfg.input)
     if not inputs and fmt == "annotate":  # the votes of `prefkit annotate DATASET`
@@ -113,6 +113,7 @@ def _import_human(cfg: LabelConfig, samples: dict[str, SampleInfo]) -> tuple[lis
         fmt = found.pop()
     if fmt not in HUMAN_FORMATS:
         raise PrefkitError(f"--format {fmt}: choose auto, {', '.join(HUMAN_FORMATS)}")
+    pairs, report = import_human(paths, fmt, samples, cfg.pairs, cfg.tie_margin, strict=cfg.strict)
     meta: dict[str, Any] = {
         "source": "human",
         "kind": "human",
@@ -120,23 +121,22 @@ def _import_human(cfg: LabelConfig, samples: dict[str, SampleInfo]) -> tuple[lis
         "inputs": [str(p) for p in paths],
     }
     if fmt == "d3po":
-        pairs = import_d3po(paths, samples, cfg.pairs, cfg.tie_margin)
         meta.update(pairs_policy=cfg.pairs, tie_margin=cfg.tie_margin)
         return pairs, meta
-    votes, counts = read_votes(paths, fmt, samples)
-    report = check_votes(votes, samples, strict=cfg.strict)
-    if report.contradictions:
+    contradictions = report["contradictions"]
+    if contradictions:
         from rich.console import Console
 
         console = Console(stderr=True)
-        console.print(f"[yellow]{len(report.contradictions)} contradictory vote(s), kept as votes:[/]")
-        for line in report.contradictions[:20]:
+        console.print(f"[yellow]{len(contradictions)} contradictory vote(s), kept as votes:[/]")
+        for line in contradictions[:20]:
             console.print(f"  {line}", highlight=False)
-    meta["report"] = {**counts, "contradictions": report.contradictions}
-    return pairs_from_votes(votes, samples), meta
+    # the meta's report: the reader's counts and the contradictions (format and votes are in the meta)
+    meta["report"] = {k: v for k, v in report.items() if k not in ("format", "votes")}
+    return pairs, meta
 
 
-def _iter_images(folder: Path, keys: set[str] | None = None) -> Iterator[tuple[str, Any, str]]:
+def iter_images(folder: Path, keys: set[str] | None = None) -> Iterator[tuple[str, Any, str]]:
     """(key, PIL image, prompt) of every sample, in shard order, decoding only the PNG and JSON."""
     import json
 
@@ -186,7 +186,7 @@ def _judge(cfg: LabelConfig, folder: Path, samples: dict[str, SampleInfo], kind:
             return judge, _judge_pairs(judge, info, folder, samples, kind, cfg.batch_size, advance), None
         scores: dict[str, float] = {}
         batch: list[tuple[str, Any, str]] = []
-        for item in _iter_images(folder):
+        for item in iter_images(folder):
             batch.append(item)
             if len(batch) == cfg.batch_size:
                 score_batch(judge, batch, scores)
@@ -244,7 +244,7 @@ def _judge_pairs(judge, info, folder: Path, samples, kind: str, batch_size: int,
                     )
                 )
 
-    for key, image, _prompt in _iter_images(folder):
+    for key, image, _prompt in iter_images(folder):
         g = samples[key].group_id
         if group_id is not None and g != group_id:
             flush()

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prefkit.errors import PrefkitError
-from prefkit.fileio import jsonl_objects, jsonl_records, parse_json, reading, remove_quietly
+from prefkit.fileio import jsonl_objects, jsonl_records, parse_json, reading, remove_quietly, utc_timestamp
 from prefkit.shards import atomic_write_bytes
 
 LABELS_DIR = "labels"
@@ -401,7 +400,7 @@ def write_label_set(
     from prefkit import __version__
     from prefkit.schemas import validate
 
-    created = now()
+    created = utc_timestamp()
     paths = label_paths(folder, name)
     paths["pairs"].parent.mkdir(parents=True, exist_ok=True)
     lines = []
@@ -544,7 +543,3 @@ def read_meta(folder: Path, name: str) -> dict[str, Any]:
     meta = parse_json(path.read_bytes(), str(path), whole_file=True)
     validate(meta, "labelset", str(path))
     return meta
-
-
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -26,6 +26,7 @@ from typing import Any
 
 from prefkit.config import GenerateConfig, LabelConfig, LoopConfig, load_config_file
 from prefkit.errors import PrefkitError
+from prefkit.fileio import check_output_folder, write_yaml
 from prefkit.shards import atomic_write_bytes
 from prefkit.training.config import TrainConfig
 from prefkit.training.table import IMAGE_PAIRS
@@ -52,18 +53,14 @@ def run_loop(cfg: LoopConfig) -> list[dict[str, Any]]:
     if not cfg.prompt and not cfg.prompts:
         raise PrefkitError("give the prompts: --prompt TEXT (repeat) or --prompts FILE")
     out = Path(cfg.out).expanduser()
-    if out.is_dir() and any(out.iterdir()) and not cfg.resume:
-        raise PrefkitError(f"--out {out}: not empty; pass --resume to continue the rounds there")
+    check_output_folder(out, allow=cfg.resume, hint="pass --resume to continue the rounds there")
     extra = load_config_file(cfg.train_config, TrainConfig) if cfg.train_config else {}
     for key in ("dataset", "out", "init_lora", "labels", "resume"):
         if key in extra:
             raise PrefkitError(f"--train-config {cfg.train_config}: {key} is set by the loop itself")
     name = default_name(cfg.source)
     out.mkdir(parents=True, exist_ok=True)
-    import yaml
-
-    values = {k.replace("_", "-"): v for k, v in dataclasses.asdict(cfg).items()}
-    atomic_write_bytes(out / "config.yaml", yaml.safe_dump(values, sort_keys=False).encode())
+    write_yaml(out / "config.yaml", dataclasses.asdict(cfg))
     records: list[dict[str, Any]] = []
     for r in range(cfg.rounds + 1):
         t0 = time.perf_counter()

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from prefkit.errors import PrefkitError
-from prefkit.fileio import reading, remove_quietly, writing
-from prefkit.hub import REPO_ID
+from prefkit.fileio import check_output_folder, reading, remove_quietly, writing
+from prefkit.hub import REPO_ID, hub_offline
 
 STAGING_DEFAULT = ".publish"
 MARKER = ".prefkit-publish"  # marks a staging folder prefkit may wipe and rebuild; never uploaded
@@ -151,10 +151,8 @@ def run_publish(cfg, api=None) -> dict[str, Any]:
 def check_hub_access() -> None:
     """A clear error, instead of a stack trace from deep inside huggingface_hub, when offline or logged out."""
     import huggingface_hub
-    from huggingface_hub import constants
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
-    if offline or constants.HF_HUB_OFFLINE:
+    if hub_offline(library=True):
         raise PrefkitError(
             "cannot upload: HF_HUB_OFFLINE is set, so huggingface_hub refuses every Hub call. Unset it "
             "(`unset HF_HUB_OFFLINE`) to publish, or pass --dry-run to build and list the folder only."
@@ -296,14 +294,13 @@ def _prepare_staging(staging: Path, dataset: Path) -> None:
     staging = Path(staging)
     if staging.resolve() == Path(dataset).resolve():
         raise PrefkitError(f"--staging {staging}: cannot be the dataset folder itself")
+    check_output_folder(
+        staging,
+        flag="--staging",
+        allow=(staging / MARKER).is_file(),
+        hint="it was not made by `prefkit publish`, so it is not wiped: give an empty or new folder",
+    )
     if staging.exists():
-        if not staging.is_dir():
-            raise PrefkitError(f"--staging {staging}: exists and is not a folder")
-        if any(staging.iterdir()) and not (staging / MARKER).is_file():
-            raise PrefkitError(
-                f"--staging {staging}: the folder is not empty and was not made by `prefkit publish`; "
-                "give an empty or new folder"
-            )
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     (staging / MARKER).write_text(

@@ -1,7 +1,8 @@
-"""Where prefkit's shipped files are: the repository's data/ and schemas/ folders.
+"""Where prefkit's resources are: the repository's data/ and schemas/ folders, and whether the Hugging
+Face Hub may be reached.
 
-Installed, they are the packages ``prefkit._data`` and ``prefkit._schemas`` (pyproject.toml maps the
-folders in); in a source checkout that is not installed they sit beside the ``prefkit/`` folder.
+Installed, data/ and schemas/ are the packages ``prefkit._data`` and ``prefkit._schemas`` (pyproject.toml
+maps the folders in); in a source checkout that is not installed they sit beside the ``prefkit/`` folder.
 """
 
 from __future__ import annotations

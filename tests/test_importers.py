@@ -64,20 +64,30 @@ def _jsonl(path: Path, records: list) -> Path:
 
 
 def _write_set(dataset, samples, name, fmt, inputs, votes=None, pairs=None) -> dict[str, dict]:
-    """check + aggregate (unless pairs are given), write the set, read it back validated: pair_id -> record."""
-    if pairs is None:
-        report = check_votes(votes, samples)
-        assert report.contradictions == []
-        pairs = pairs_from_votes(votes, samples)
-    meta = write_label_set(
-        dataset,
-        name,
-        pairs,
-        meta={"source": "human", "kind": "human", "format": fmt, "inputs": [str(p) for p in inputs]},
+    """Import ``inputs`` as `prefkit label --source human --format FMT` does (run_label, which reads, checks
+    and aggregates through importers.import_human, then writes the set), read the set back validated:
+    pair_id -> record. It must hold the aggregate of ``votes`` (as the test read them), or ``pairs``."""
+    from prefkit.config import LabelConfig
+    from prefkit.label import run_label
+
+    cfg = LabelConfig(
+        dataset=str(dataset),
+        source="human",
+        format=fmt,
+        input=[str(p) for p in inputs],
+        name=name,
+        quiet=True,
     )
+    meta = run_label(cfg)
+    assert meta.get("report", {}).get("contradictions", []) == []
+    if pairs is None:
+        pairs = pairs_from_votes(votes, samples)
+        assert meta["counts"]["votes"] == len(votes)
     assert read_meta(dataset, name) == meta
     assert meta["format"] == fmt and meta["counts"]["pairs"] == len(pairs)
+    assert meta["inputs"] == [str(p) for p in inputs]
     records = read_pairs(dataset, name)
+    assert {r["pair_id"]: r["label_0"] for r in records} == {p.pair_id: p.label_0 for p in pairs}
     for i, rec in enumerate(records):
         validate(rec, "label", f"record {i}")  # also validated on write; read back the same
         assert rec["key_0"] < rec["key_1"] and rec["pair_id"] == f"{rec['key_0']}__{rec['key_1']}"

@@ -417,7 +417,7 @@ def _label_extra(source: str, tiny_clip: dict[str, str], tmp_path: Path) -> list
     ],
 )
 def test_label_cli_end_to_end(source, name, dataset, tiny_clip, cli, tmp_path, monkeypatch):
-    from prefkit.label import _iter_images
+    from prefkit.label import iter_images
     from prefkit.schemas import validate
 
     monkeypatch.chdir(tmp_path)
@@ -433,7 +433,7 @@ def test_label_cli_end_to_end(source, name, dataset, tiny_clip, cli, tmp_path, m
     scores = [json.loads(line) for line in (labels / f"{name}.scores.jsonl").read_text().splitlines()]
     for rec in scores:
         validate(rec, "score", f"{name}.scores.jsonl")
-    images = {key: (image, prompt) for key, image, prompt in _iter_images(dataset)}
+    images = {key: (image, prompt) for key, image, prompt in iter_images(dataset)}
     assert sorted(r["key"] for r in scores) == sorted(images)  # one score per sample
     assert all(math.isfinite(r["score"]) for r in scores)
     by_key = {r["key"]: r["score"] for r in scores}

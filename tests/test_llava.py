@@ -291,7 +291,7 @@ def _read_set(dataset: Path, name: str) -> tuple[list[dict], dict]:
 
 
 def test_label_cli_vqascore_end_to_end(dataset, tiny_llava, cli, vqa):
-    from prefkit.label import _iter_images
+    from prefkit.label import iter_images
 
     args = ["label", dataset, "--source", "llava", "--model", tiny_llava["llava"], "--batch-size", 2, "-q"]
     result = cli(args)
@@ -303,7 +303,7 @@ def test_label_cli_vqascore_end_to_end(dataset, tiny_llava, cli, vqa):
         json.loads(line)["key"]: json.loads(line)["score"]
         for line in (dataset / "labels" / "llava.scores.jsonl").read_text().splitlines()
     }
-    items = list(_iter_images(dataset))
+    items = list(iter_images(dataset))
     expected = vqa.score([im for _, im, _ in items], [p for _, _, p in items])
     for (key, _, _), e in zip(items, expected, strict=True):
         assert scores[key] == pytest.approx(e, rel=1e-4, abs=1e-6)

@@ -16,6 +16,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from prefkit.models import tiny  # noqa: E402
+from prefkit.models.parts import rename_into_place  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = ["tiny-sd15", "tiny-sd3", "tiny-flux"]
@@ -139,7 +140,7 @@ def test_rebuild_replaces_existing_folder(tmp_path):
     target = tmp_path / "model"
     target.mkdir()
     (target / "stale.txt").write_text("old")
-    assert tiny._main(["tiny-sd15", str(target)]) == 0
+    assert tiny.main(["tiny-sd15", str(target)]) == 0
     assert (target / "model_index.json").is_file() and not (target / "stale.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
@@ -150,7 +151,7 @@ def test_publish_keeps_the_winner(tmp_path):
     (target / "model_index.json").write_text("{}")
     tmp.mkdir()
     (tmp / "model_index.json").write_text('{"loser": 1}')
-    tiny._publish(tmp, target, overwrite=False)
+    rename_into_place(tmp, target, overwrite=False)
     assert (target / "model_index.json").read_text() == "{}"
     assert not tmp.exists()
 

@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 from prefkit.errors import PrefkitError
+from prefkit.fileio import utc_timestamp
 
 DB_NAME = "annotations.sqlite"
 FORMAT = "prefkit-annotations"
@@ -151,11 +152,6 @@ class Decision:
 
 
 _COLUMNS = "vote_id, annotator, key_0, key_1, choice, left_key, time_ms, created_at, undone_at"
-
-
-def timestamp() -> str:
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
 
 
 def canonical_choice(left: str, right: str, side: str) -> tuple[PairKey, str]:
@@ -494,7 +490,7 @@ class VoteStore:
             digest = hashlib.sha256(secret.encode()).hexdigest()
             self._write(
                 "INSERT INTO annotators (name, secret_sha256, created_at) VALUES (?, ?, ?)",
-                (annotator, digest, timestamp()),
+                (annotator, digest, utc_timestamp(ms=True)),
             )
             self.secrets[annotator] = digest
             recent.append(now)
@@ -542,7 +538,7 @@ class VoteStore:
                 raise Conflict(
                     f"annotator {annotator!r} has already decided pair ({pair[0]}, {pair[1]}); undo it first"
                 )
-            row = Decision(vote_id, annotator, *pair, choice, left, time_ms, timestamp(), None)
+            row = Decision(vote_id, annotator, *pair, choice, left, time_ms, utc_timestamp(ms=True), None)
             try:
                 self._write(
                     f"INSERT INTO votes ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -577,7 +573,7 @@ class VoteStore:
             if row.undone_at is None:
                 self._write(
                     "UPDATE votes SET undone_at = ? WHERE vote_id = ? AND undone_at IS NULL",
-                    (timestamp(), vote_id),
+                    (utc_timestamp(ms=True), vote_id),
                 )
                 self._count(annotator, row.pair, row.choice, -1)
             now = self.clock()

@@ -2,8 +2,9 @@
 real-size (:mod:`prefkit.models.real_size`) builders use: the offline tiny tokenizers, per-component
 seeding, and building a model folder with an atomic publish.
 
-They live here so that neither builder module imports the other back (no import cycle);
-``prefkit.models.tiny`` re-exports them under their old names.
+They live here so that neither builder module imports the other back (no import cycle); the other
+model builders (:mod:`~prefkit.models.tiny_clip`, :mod:`~prefkit.models.tiny_judges`,
+:mod:`~prefkit.models.shapes_model`) and the benchmarks import them from here too.
 
 Heavy libraries (torch, diffusers, transformers) are imported inside functions only.
 """
@@ -37,7 +38,7 @@ PROMPT_WORDS: tuple[str, ...] = tuple(dict.fromkeys(_COMMON + _ANIMALS))
 
 _CLIP_BOS = "<|startoftext|>"
 _CLIP_EOS = "<|endoftext|>"
-_CLIP_MAX_LENGTH = 77
+CLIP_MAX_LENGTH = 77
 _T5_MAX_LENGTH = 32  # prefkit caps T5 padding at the tokenizer's model_max_length (see families.py)
 
 # Characters the T5 (Unigram) tokenizer knows one by one: printable ASCII and Latin-1 / Latin Extended-A.
@@ -118,14 +119,16 @@ def _clip_vocab_and_merges(
     return vocab, merges
 
 
-def _clip_tokenizer(words: tuple[str, ...] = PROMPT_WORDS, max_length: int = _CLIP_MAX_LENGTH):
+def clip_tokenizer(words: tuple[str, ...] = PROMPT_WORDS, max_length: int = CLIP_MAX_LENGTH):
+    """A byte-level BPE CLIP tokenizer built offline, with each of ``words`` one token."""
     from transformers import CLIPTokenizer
 
     vocab, merges = _clip_vocab_and_merges(words)
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
-def _t5_tokenizer(words: tuple[str, ...] = PROMPT_WORDS, max_length: int = _T5_MAX_LENGTH):
+def t5_tokenizer(words: tuple[str, ...] = PROMPT_WORDS, max_length: int = _T5_MAX_LENGTH):
+    """A Unigram T5 tokenizer built offline, with each of ``words`` one piece."""
     from transformers import T5Tokenizer
 
     # T5 layout: <pad>=0, </s>=1, <unk>=2, then pieces with log-prob scores (whole words beat characters).
@@ -135,7 +138,7 @@ def _t5_tokenizer(words: tuple[str, ...] = PROMPT_WORDS, max_length: int = _T5_M
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=max_length)
 
 
-def _seeded(seed: int, offset: int) -> None:
+def seed_component(seed: int, offset: int) -> None:
     """Seed torch before each component so one component's size never changes another's weights."""
     import torch
 
@@ -148,7 +151,7 @@ def _seeded(seed: int, offset: int) -> None:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quieted_libraries() -> Iterator[None]:
     """Silence diffusers/transformers logs and progress bars while building; restore them afterwards."""
     import diffusers.utils.logging as d_log
     import transformers.utils.logging as t_log
@@ -166,11 +169,12 @@ def _quiet() -> Iterator[None]:
                 lib.enable_progress_bar()
 
 
-def _temp_sibling(path: Path, tag: str) -> Path:
+def temp_sibling(path: Path, tag: str) -> Path:
+    """A new hidden name beside ``path`` (same folder, so a rename into place is atomic), unique per process."""
     return path.parent / f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def _publish(tmp: Path, path: Path, *, overwrite: bool) -> None:
+def rename_into_place(tmp: Path, path: Path, *, overwrite: bool) -> None:
     """Rename a finished ``tmp`` folder to ``path``.
 
     If ``path`` already exists: with ``overwrite`` the old folder is moved aside and replaced; without it
@@ -186,7 +190,7 @@ def _publish(tmp: Path, path: Path, *, overwrite: bool) -> None:
     if not overwrite:
         shutil.rmtree(tmp, ignore_errors=True)
         return
-    old = _temp_sibling(path, "old")
+    old = temp_sibling(path, "old")
     os.rename(path, old)
     try:
         os.rename(tmp, path)
@@ -200,7 +204,7 @@ def _publish(tmp: Path, path: Path, *, overwrite: bool) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _build(
+def build_model_folder(
     make: Callable[[int], Any] | None,
     path: str | os.PathLike,
     seed: int,
@@ -215,10 +219,10 @@ def _build(
     save one component at a time)."""
     path = Path(path).expanduser().absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(path, "tmp")
+    tmp = temp_sibling(path, "tmp")
     tmp.mkdir()
     try:
-        with (quiet or _quiet)():
+        with (quiet or quieted_libraries)():
             if write is not None:
                 write(tmp, seed)
             else:
@@ -226,5 +230,5 @@ def _build(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _publish(tmp, path, overwrite=overwrite)
+    rename_into_place(tmp, path, overwrite=overwrite)
     return str(path)

@@ -230,9 +230,9 @@ def _sd15_parts() -> tuple[str, dict[str, Callable[[], Any]]]:
     """The pipeline class and, per component, a function that builds it (in the order they are seeded)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
-    from prefkit.models.parts import _clip_tokenizer
+    from prefkit.models.parts import clip_tokenizer
 
-    tokenizer = _clip_tokenizer()
+    tokenizer = clip_tokenizer()
     return "StableDiffusionPipeline", {
         "text_encoder": lambda: _clip_text("CLIPTextModel", CLIP_L_TEXT, tokenizer),
         "unet": lambda: UNet2DConditionModel(**SD15_UNET),
@@ -245,9 +245,9 @@ def _sd15_parts() -> tuple[str, dict[str, Callable[[], Any]]]:
 def _sd3_parts() -> tuple[str, dict[str, Callable[[], Any]]]:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
-    from prefkit.models.parts import _clip_tokenizer, _t5_tokenizer
+    from prefkit.models.parts import clip_tokenizer, t5_tokenizer
 
-    tok, tok_2, tok_3 = _clip_tokenizer(), _clip_tokenizer(), _t5_tokenizer(max_length=_T5_MODEL_MAX_LENGTH)
+    tok, tok_2, tok_3 = clip_tokenizer(), clip_tokenizer(), t5_tokenizer(max_length=_T5_MODEL_MAX_LENGTH)
     return "StableDiffusion3Pipeline", {
         "text_encoder": lambda: _clip_text("CLIPTextModelWithProjection", CLIP_L_TEXT, tok),
         "text_encoder_2": lambda: _clip_text("CLIPTextModelWithProjection", CLIP_G_TEXT, tok_2),
@@ -297,7 +297,7 @@ def write_pipeline(name: str, folder: str | Path, seed: int = 0) -> None:
     import diffusers
     import torch
 
-    from prefkit.models.parts import _seeded
+    from prefkit.models.parts import seed_component
 
     folder = Path(folder)
     cls_name, parts = _PARTS[name]()
@@ -309,7 +309,7 @@ def write_pipeline(name: str, folder: str | Path, seed: int = 0) -> None:
     pipe_cls(**meta, **extra).save_config(folder)
     del meta
     for offset, (key, make) in enumerate(parts.items()):
-        _seeded(seed, offset)
+        seed_component(seed, offset)
         with _default_dtype(getattr(torch, _SAVE_DTYPE)):
             part = make()
         if isinstance(part, torch.nn.Module):
@@ -322,9 +322,9 @@ def write_pipeline(name: str, folder: str | Path, seed: int = 0) -> None:
 
 def _builder(name: str) -> Callable[..., str]:
     def build(path, seed: int = 0) -> str:
-        from prefkit.models.parts import _build
+        from prefkit.models.parts import build_model_folder
 
-        return _build(None, path, seed, write=lambda tmp, s: write_pipeline(name, tmp, s))
+        return build_model_folder(None, path, seed, write=lambda tmp, s: write_pipeline(name, tmp, s))
 
     build.__name__ = "build_" + name.replace("-", "_")
     build.__doc__ = f"Build ``{name}`` (random weights, real size; see the module docstring) into ``path``."

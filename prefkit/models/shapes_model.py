@@ -116,17 +116,18 @@ def make_untrained(st: BuildSettings):
     )
     from transformers import CLIPTextModelWithProjection
 
-    from prefkit.models.tiny import _clip_text_config, _clip_tokenizer, _t5_encoder, _t5_tokenizer
+    from prefkit.models.parts import clip_tokenizer, t5_tokenizer
+    from prefkit.models.tiny import clip_text_config, t5_encoder
 
     words = _words()
-    tok, tok2 = _clip_tokenizer(words, TEXT_LENGTH), _clip_tokenizer(words, TEXT_LENGTH)
-    tok3 = _t5_tokenizer(words, TEXT_LENGTH)
+    tok, tok2 = clip_tokenizer(words, TEXT_LENGTH), clip_tokenizer(words, TEXT_LENGTH)
+    tok3 = t5_tokenizer(words, TEXT_LENGTH)
     torch.manual_seed(st.seed * 1000 + 0)
-    te = CLIPTextModelWithProjection(_clip_text_config(tok, 32, 32))
+    te = CLIPTextModelWithProjection(clip_text_config(tok, 32, 32))
     torch.manual_seed(st.seed * 1000 + 1)
-    te2 = CLIPTextModelWithProjection(_clip_text_config(tok2, 32, 32))
+    te2 = CLIPTextModelWithProjection(clip_text_config(tok2, 32, 32))
     torch.manual_seed(st.seed * 1000 + 2)
-    te3 = _t5_encoder(tok3, 64)
+    te3 = t5_encoder(tok3, 64)
     torch.manual_seed(st.seed * 1000 + 3)
     width = st.heads * st.head_dim
     transformer = SD3Transformer2DModel(
@@ -187,10 +188,10 @@ def _sd15(st: BuildSettings, tokenizer, text_encoder_with_projection, vae):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from prefkit.models.tiny import _clip_text_config, sd15_pipeline
+    from prefkit.models.tiny import clip_text_config, sd15_pipeline
 
     torch.manual_seed(st.seed * 1000 + 5)
-    text_encoder = CLIPTextModel(_clip_text_config(tokenizer, 32, 32)).requires_grad_(False).eval()
+    text_encoder = CLIPTextModel(clip_text_config(tokenizer, 32, 32)).requires_grad_(False).eval()
     torch.manual_seed(st.seed * 1000 + 6)
     width = st.heads * st.head_dim
     unet = UNet2DConditionModel(
@@ -391,17 +392,17 @@ def build(path: str | os.PathLike, st: BuildSettings, log=print) -> dict[str, An
     """Build, train, check and publish the model folder at ``path``; returns the build report."""
     import torch
 
-    from prefkit.models.tiny import _publish, _quiet, _temp_sibling
+    from prefkit.models.parts import quieted_libraries, rename_into_place, temp_sibling
 
     if st.threads:
         torch.set_num_threads(st.threads)
     path = Path(path).expanduser().absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(path, "tmp")
+    tmp = temp_sibling(path, "tmp")
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     try:
-        with _quiet():
+        with quieted_libraries():
             rng = np.random.default_rng(st.seed)
             torch.manual_seed(st.seed)
             pipe = make_untrained(st)
@@ -435,7 +436,7 @@ def build(path: str | os.PathLike, st: BuildSettings, log=print) -> dict[str, An
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _publish(tmp, path, overwrite=True)
+    rename_into_place(tmp, path, overwrite=True)
     return report
 
 

@@ -42,25 +42,13 @@ __all__ = [
     "resolve_builtin",
 ]
 
-from prefkit.models.parts import (  # noqa: F401 (re-exported: other modules import them from here)
-    _ANIMALS,
-    _CLIP_BOS,
-    _CLIP_EOS,
-    _CLIP_MAX_LENGTH,
-    _COMMON,
-    _T5_CHARS,
-    _T5_MAX_LENGTH,
+from prefkit.models.parts import (
+    CLIP_MAX_LENGTH,
     PROMPT_WORDS,
-    _build,
-    _bytes_to_unicode,
-    _clip_tokenizer,
-    _clip_vocab_and_merges,
-    _publish,
-    _quiet,
-    _seeded,
-    _t5_tokenizer,
-    _temp_sibling,
-    _train_word_merges,
+    build_model_folder,
+    clip_tokenizer,
+    seed_component,
+    t5_tokenizer,
 )
 
 #: Bumped whenever a builder's output changes, so stale cache folders are not reused.
@@ -71,7 +59,7 @@ CACHE_VERSION = "v1"
 # --------------------------------------------------------------------------------------------------
 
 
-def _clip_text_config(tokenizer, hidden_size: int = 32, projection_dim: int = 32):
+def clip_text_config(tokenizer, hidden_size: int = 32, projection_dim: int = 32):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
@@ -80,7 +68,7 @@ def _clip_text_config(tokenizer, hidden_size: int = 32, projection_dim: int = 32
         intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
-        max_position_embeddings=_CLIP_MAX_LENGTH,
+        max_position_embeddings=CLIP_MAX_LENGTH,
         projection_dim=projection_dim,
         hidden_act="quick_gelu",
         bos_token_id=tokenizer.bos_token_id,
@@ -89,7 +77,7 @@ def _clip_text_config(tokenizer, hidden_size: int = 32, projection_dim: int = 32
     )
 
 
-def _t5_encoder(tokenizer, d_model: int):
+def t5_encoder(tokenizer, d_model: int):
     from transformers import T5Config, T5EncoderModel
 
     config = T5Config(
@@ -130,14 +118,14 @@ def _vae(latent_channels: int, *, scaling_factor: float, shift_factor: float | N
     )
 
 
-def _make_sd15(seed: int):
+def make_sd15(seed: int):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    tokenizer = _clip_tokenizer()
-    _seeded(seed, 0)
-    text_encoder = CLIPTextModel(_clip_text_config(tokenizer, hidden_size=32))
-    _seeded(seed, 1)
+    tokenizer = clip_tokenizer()
+    seed_component(seed, 0)
+    text_encoder = CLIPTextModel(clip_text_config(tokenizer, hidden_size=32))
+    seed_component(seed, 1)
     unet = UNet2DConditionModel(
         sample_size=16,
         in_channels=4,
@@ -150,7 +138,7 @@ def _make_sd15(seed: int):
         cross_attention_dim=32,
         attention_head_dim=8,
     )
-    _seeded(seed, 2)
+    seed_component(seed, 2)
     vae = _vae(4, scaling_factor=0.18215, shift_factor=None, quant_conv=True)
     return sd15_pipeline(vae, text_encoder, tokenizer, unet)
 
@@ -182,19 +170,19 @@ def sd15_pipeline(vae, text_encoder, tokenizer, unet):
     )
 
 
-def _make_sd3(seed: int):
+def make_sd3(seed: int):
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection
 
     clip_hidden, clip_proj, t5_dim = 32, 32, 64  # t5_dim >= 2 * clip_hidden (CLIP embeds are padded to it)
-    tokenizer, tokenizer_2, tokenizer_3 = _clip_tokenizer(), _clip_tokenizer(), _t5_tokenizer()
-    _seeded(seed, 0)
-    text_encoder = CLIPTextModelWithProjection(_clip_text_config(tokenizer, clip_hidden, clip_proj))
-    _seeded(seed, 1)
-    text_encoder_2 = CLIPTextModelWithProjection(_clip_text_config(tokenizer_2, clip_hidden, clip_proj))
-    _seeded(seed, 2)
-    text_encoder_3 = _t5_encoder(tokenizer_3, t5_dim)
-    _seeded(seed, 3)
+    tokenizer, tokenizer_2, tokenizer_3 = clip_tokenizer(), clip_tokenizer(), t5_tokenizer()
+    seed_component(seed, 0)
+    text_encoder = CLIPTextModelWithProjection(clip_text_config(tokenizer, clip_hidden, clip_proj))
+    seed_component(seed, 1)
+    text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(tokenizer_2, clip_hidden, clip_proj))
+    seed_component(seed, 2)
+    text_encoder_3 = t5_encoder(tokenizer_3, t5_dim)
+    seed_component(seed, 3)
     transformer = SD3Transformer2DModel(
         sample_size=16,
         patch_size=2,
@@ -208,7 +196,7 @@ def _make_sd3(seed: int):
         pooled_projection_dim=2 * clip_proj,
         pos_embed_max_size=32,  # up to 64x64 latents = 128 px images
     )
-    _seeded(seed, 4)
+    seed_component(seed, 4)
     vae = _vae(16, scaling_factor=1.5305, shift_factor=0.0609, quant_conv=False)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
     return StableDiffusion3Pipeline(
@@ -224,17 +212,17 @@ def _make_sd3(seed: int):
     )
 
 
-def _make_flux(seed: int):
+def make_flux(seed: int):
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
     clip_hidden, t5_dim, latent_channels = 32, 64, 16
-    tokenizer, tokenizer_2 = _clip_tokenizer(), _t5_tokenizer()
-    _seeded(seed, 0)
-    text_encoder = CLIPTextModel(_clip_text_config(tokenizer, clip_hidden))
-    _seeded(seed, 1)
-    text_encoder_2 = _t5_encoder(tokenizer_2, t5_dim)
-    _seeded(seed, 2)
+    tokenizer, tokenizer_2 = clip_tokenizer(), t5_tokenizer()
+    seed_component(seed, 0)
+    text_encoder = CLIPTextModel(clip_text_config(tokenizer, clip_hidden))
+    seed_component(seed, 1)
+    text_encoder_2 = t5_encoder(tokenizer_2, t5_dim)
+    seed_component(seed, 2)
     transformer = FluxTransformer2DModel(
         patch_size=1,
         in_channels=4 * latent_channels,  # latents are packed 2x2
@@ -247,7 +235,7 @@ def _make_flux(seed: int):
         guidance_embeds=False,
         axes_dims_rope=(4, 6, 6),
     )
-    _seeded(seed, 3)
+    seed_component(seed, 3)
     vae = _vae(latent_channels, scaling_factor=0.3611, shift_factor=0.1159, quant_conv=False)
     # As black-forest-labs/FLUX.1-dev scheduler_config.json.
     scheduler = FlowMatchEulerDiscreteScheduler(
@@ -272,17 +260,17 @@ def _make_flux(seed: int):
 
 def build_tiny_sd15(path: str | os.PathLike, seed: int = 0) -> str:
     """Build a tiny ``StableDiffusionPipeline`` (32 px default, 4 latent channels) into ``path``."""
-    return _build(_make_sd15, path, seed)
+    return build_model_folder(make_sd15, path, seed)
 
 
 def build_tiny_sd3(path: str | os.PathLike, seed: int = 0) -> str:
     """Build a tiny ``StableDiffusion3Pipeline`` (32 px default, 16 latent channels) into ``path``."""
-    return _build(_make_sd3, path, seed)
+    return build_model_folder(make_sd3, path, seed)
 
 
 def build_tiny_flux(path: str | os.PathLike, seed: int = 0) -> str:
     """Build a tiny ``FluxPipeline`` (16 latent channels; pass height=32, width=32) into ``path``."""
-    return _build(_make_flux, path, seed)
+    return build_model_folder(make_flux, path, seed)
 
 
 def _real_size(name: str) -> Callable[..., str]:
@@ -306,9 +294,9 @@ BUILTIN_MODELS: dict[str, Callable[..., str]] = {
 }
 
 _MAKERS: dict[str, Callable[[int], Any]] = {
-    "tiny-sd15": _make_sd15,
-    "tiny-sd3": _make_sd3,
-    "tiny-flux": _make_flux,
+    "tiny-sd15": make_sd15,
+    "tiny-sd3": make_sd3,
+    "tiny-flux": make_flux,
 }
 
 _COMMITTED = ("tiny-sd3",)
@@ -366,16 +354,16 @@ def resolve_builtin(name: str) -> str | None:
     if not _is_model_folder(target):
         # A folder without model_index.json can only be a damaged one: replace it.
         if name in _MAKERS:
-            _build(_MAKERS[name], target, seed=0, overwrite=target.exists())
+            build_model_folder(_MAKERS[name], target, seed=0, overwrite=target.exists())
         else:
             from prefkit.models.real_size import write_pipeline
 
             write = lambda tmp, seed: write_pipeline(name, tmp, seed)  # noqa: E731
-            _build(None, target, seed=0, overwrite=target.exists(), write=write)
+            build_model_folder(None, target, seed=0, overwrite=target.exists(), write=write)
     return str(target)
 
 
-def _main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m prefkit.models.tiny", description="(Re)build a tiny diffusers model folder."
     )
@@ -388,4 +376,4 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_main())
+    raise SystemExit(main())

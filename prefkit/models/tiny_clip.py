@@ -24,7 +24,7 @@ IMAGE_SIZE = 32
 
 
 class _Folder:
-    """Model + processor saved together (what ``prefkit.models.tiny._build`` calls ``save_pretrained`` on)."""
+    """Model + processor saved together (what ``prefkit.models.parts.build_model_folder`` calls ``save_pretrained`` on)."""
 
     def __init__(self, model: Any, processor: Any) -> None:
         self.model, self.processor = model, processor
@@ -38,10 +38,11 @@ def _make_clip(seed: int, projection_dim: int, hidden_size: int) -> _Folder:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPVisionConfig
 
-    from prefkit.models.tiny import _clip_text_config, _clip_tokenizer
+    from prefkit.models.parts import clip_tokenizer
+    from prefkit.models.tiny import clip_text_config
 
-    tokenizer = _clip_tokenizer()
-    text_config = _clip_text_config(tokenizer, hidden_size=hidden_size, projection_dim=projection_dim)
+    tokenizer = clip_tokenizer()
+    text_config = clip_text_config(tokenizer, hidden_size=hidden_size, projection_dim=projection_dim)
     vision_config = CLIPVisionConfig(
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
@@ -73,9 +74,9 @@ def build_tiny_clip(
 
     The folder is written to a temporary sibling and renamed into place (an existing folder is replaced).
     """
-    from prefkit.models.tiny import _build
+    from prefkit.models.parts import build_model_folder
 
-    return _build(lambda s: _make_clip(s, projection_dim, hidden_size), path, seed)
+    return build_model_folder(lambda s: _make_clip(s, projection_dim, hidden_size), path, seed)
 
 
 def build_tiny_aesthetic_mlp(path: str | os.PathLike, in_dim: int, seed: int = 0) -> str:

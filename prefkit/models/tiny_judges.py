@@ -34,8 +34,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from prefkit.models.tiny import PROMPT_WORDS, _seeded
-from prefkit.models.tiny import _build as _build_atomic
+from prefkit.models.parts import PROMPT_WORDS, build_model_folder, seed_component
 
 __all__ = [
     "IMAGE_SIZE",
@@ -202,7 +201,7 @@ def _make_llava(seed: int) -> _ModelAndProcessor:
         vision_feature_select_strategy="default",
         image_seq_length=(IMAGE_SIZE // _PATCH) ** 2,
     )
-    _seeded(seed, 0)
+    seed_component(seed, 0)
     model = LlavaForConditionalGeneration(config).eval()
     return _ModelAndProcessor(model, processor)
 
@@ -241,7 +240,7 @@ def _make_llava_interleave(seed: int) -> _ModelAndProcessor:
         vision_feature_select_strategy="full",
         image_seq_length=(IMAGE_SIZE // _PATCH) ** 2,
     )
-    _seeded(seed, 0)
+    seed_component(seed, 0)
     model = LlavaForConditionalGeneration(config).eval()
     return _ModelAndProcessor(model, processor)
 
@@ -264,7 +263,7 @@ def _quiet() -> Iterator[None]:
 
 def _build(make: Callable[[int], _ModelAndProcessor], path: str | os.PathLike, seed: int) -> str:
     """prefkit.models.tiny's atomic build, silencing transformers only (no diffusers import)."""
-    return _build_atomic(make, path, seed, quiet=_quiet)
+    return build_model_folder(make, path, seed, quiet=_quiet)
 
 
 def build_tiny_llava(path: str | os.PathLike, seed: int = 0) -> str:

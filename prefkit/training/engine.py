@@ -23,7 +23,13 @@ from typing import Any
 import torch
 
 from prefkit.errors import PrefkitError
-from prefkit.fileio import append_line, atomic_write_bytes, removed_on_failure
+from prefkit.fileio import (
+    append_line,
+    atomic_write_bytes,
+    check_output_folder,
+    removed_on_failure,
+    write_yaml,
+)
 from prefkit.training.batch import Batch
 from prefkit.training.config import RESUME_KEYS, TrainConfig, resolve
 from prefkit.training.lora import add_lora, load_init_lora, lora_state, save_lora
@@ -115,7 +121,7 @@ def setup_run(cfg: TrainConfig, out: Path, accelerator, pipe, family) -> Run:
     # the LoRA-wrapped denoiser itself goes through prepare (DDP): its forward is what runs, so the
     # gradients are synchronised (docs/math.md section 12, the second published bug)
     net, optimizer = accelerator.prepare(denoiser, optimizer)
-    family.net = net
+    family.set_network(net)
 
     state = {"step": 0, "micro_batch": 0}
     if cfg.resume and (latest := latest_checkpoint(out)) is not None:
@@ -156,7 +162,7 @@ def begin_outputs(run: Run) -> None:
     cfg = run.cfg
     if run.accelerator.is_main_process:
         run.out.mkdir(parents=True, exist_ok=True)
-        _write_yaml(run.out / "config.yaml", cfg.to_dict())
+        write_yaml(run.out / "config.yaml", cfg.to_dict())
     if cfg.log_with:
         run.accelerator.init_trackers(
             "prefkit", config={k: v for k, v in cfg.to_dict().items() if v is not None}
@@ -314,12 +320,9 @@ class NonFiniteLoss(PrefkitError):
 
 def check_out(out: Path, cfg: TrainConfig) -> None:
     """--out: absent, an empty folder, or (with --resume) the folder of an interrupted run."""
-    if out.exists() and not out.is_dir():
-        raise PrefkitError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not cfg.resume:
-        raise PrefkitError(
-            f"--out {out}: not empty; pass --resume to continue the run there, or choose a new folder"
-        )
+    check_output_folder(
+        out, allow=cfg.resume, hint="pass --resume to continue the run there, or choose a new folder"
+    )
 
 
 def check_resume(out: Path, cfg: TrainConfig) -> None:
@@ -400,17 +403,3 @@ def load_checkpoint(folder: Path, denoiser, optimizer, lr_sched) -> dict:
 
 def _trackers(log_with: str | None):
     return [t.strip() for t in log_with.split(",")] if log_with else None
-
-
-def _write_yaml(path: Path, values: dict) -> None:
-    import yaml
-
-    atomic_write_bytes(
-        path, yaml.safe_dump({k.replace("_", "-"): v for k, v in values.items()}, sort_keys=False).encode()
-    )
-
-
-def _offline() -> bool:
-    import os
-
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")

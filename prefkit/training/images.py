@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from prefkit.errors import PrefkitError
+from prefkit.hub import hub_offline
 from prefkit.training.batch import ImagePair, Pair, decided
-from prefkit.training.engine import _offline  # TODO(merge wt-a): the shared hub_offline
 
 COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0")
 # FLUX.1-dev takes the guidance scale as an input (no CFG pass); its usual training value
@@ -51,7 +51,7 @@ def load_image_dataset(spec: str):
         if not path.exists():
             hint = (
                 " (no such local file or folder; as a Hub id it needs the network"
-                + (", and HF_HUB_OFFLINE=1 is set" if _offline() else "")
+                + (", and HF_HUB_OFFLINE=1 is set" if hub_offline() else "")
                 + ")"
             )
         raise PrefkitError(

@@ -18,10 +18,10 @@ import torch
 
 from prefkit.errors import PrefkitError
 from prefkit.fileio import reading
+from prefkit.hub import hub_offline
 from prefkit.math.losses import per_prompt_advantages
 from prefkit.shards import SHARD_PATTERN, group_key, iter_samples, load_array, read_manifest, shard_spec
 from prefkit.training.batch import TrainPair, TrainSample, Trajectories, decided
-from prefkit.training.engine import _offline  # TODO(merge wt-a): the shared hub_offline
 from prefkit.training.table import SCORED_TRAJECTORIES
 
 
@@ -81,7 +81,7 @@ def open_dataset(spec: str) -> tuple[Path, bool]:
         except Exception as exc:  # offline, not found, no access: one clear message, no stack trace
             raise PrefkitError(
                 f"DATASET {spec}: no such local folder, and the Hub dataset could not be downloaded"
-                + (" (HF_HUB_OFFLINE=1 is set and it is not in the cache)" if _offline() else "")
+                + (" (HF_HUB_OFFLINE=1 is set and it is not in the cache)" if hub_offline() else "")
                 + f": {type(exc).__name__}: {exc}"
             ) from None
     if not folder.is_dir():
