@@ -121,15 +121,15 @@ class ImageData:
         manifest = _published_manifest(cfg.dataset)
         model, load_from, revision, dtype = cfg.model, cfg.model, None, "float32"
         if manifest is not None:
-            settings, info = manifest.get("settings", {}), manifest.get("model", {})
+            sampled, info = manifest.get("settings", {}), manifest.get("model", {})
             if model is None:
-                model = settings.get("model") or info.get("id")
+                model = sampled.get("model") or info.get("id")
                 load_from = model
                 local = info.get("path")
                 if local and Path(local).is_dir():
                     load_from = local
-                revision = settings.get("revision")
-            dtype = settings.get("dtype", dtype) if cfg.model is None else dtype
+                revision = sampled.get("revision")
+            dtype = sampled.get("dtype", dtype) if cfg.model is None else dtype
         if model is None:
             raise PrefkitError(
                 "--model is required for diffusion-dpo: the base model to train a LoRA on (the dataset names none)"

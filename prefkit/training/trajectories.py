@@ -264,9 +264,9 @@ def load_scored_samples(folder: Path, cfg, groups_per_shard: int) -> tuple[list[
     return items, info
 
 
-def check_sampling_policy(cfg, settings: dict[str, Any]) -> None:
+def check_sampling_policy(cfg, sampled_with: dict[str, Any]) -> None:
     """The dataset's sampling policy must be where training starts: its --lora is this run's --init-lora."""
-    sampled = settings.get("lora")
+    sampled = sampled_with.get("lora")
     start = str(Path(cfg.init_lora).expanduser().resolve()) if cfg.init_lora else None
     if sampled != start and not cfg.force:
         raise PrefkitError(
@@ -295,18 +295,18 @@ class TrajectoryData:
             raise PrefkitError(
                 f"{folder}: the dataset is not complete; finish it with `prefkit generate --resume`"
             )
-        settings = self.settings = manifest["settings"]
-        self.model = cfg.model or settings["model"]
+        sampled = self.sampled_with = manifest["settings"]  # the settings it was sampled with
+        self.model = cfg.model or sampled["model"]
         self.load_from = self.model if cfg.model else loadable(self.model, manifest["model"].get("path"))
         stored_reference = getattr(cfg, "reference", "live") == "stored"
         mismatches = []
-        if cfg.model and cfg.model != settings["model"]:
-            mismatches.append(f"--model {cfg.model} (dataset: {settings['model']})")
-        if cfg.guidance is not None and cfg.guidance != settings["guidance"]:
-            mismatches.append(f"--guidance {cfg.guidance} (dataset: {settings['guidance']})")
-        if cfg.negative_prompt is not None and cfg.negative_prompt != settings["negative_prompt"]:
+        if cfg.model and cfg.model != sampled["model"]:
+            mismatches.append(f"--model {cfg.model} (dataset: {sampled['model']})")
+        if cfg.guidance is not None and cfg.guidance != sampled["guidance"]:
+            mismatches.append(f"--guidance {cfg.guidance} (dataset: {sampled['guidance']})")
+        if cfg.negative_prompt is not None and cfg.negative_prompt != sampled["negative_prompt"]:
             mismatches.append(
-                f"--negative-prompt {cfg.negative_prompt!r} (dataset: {settings['negative_prompt']!r})"
+                f"--negative-prompt {cfg.negative_prompt!r} (dataset: {sampled['negative_prompt']!r})"
             )
         if mismatches and (stored_reference or not cfg.force):
             raise PrefkitError(
@@ -318,8 +318,8 @@ class TrajectoryData:
                     else "; log-probs under other settings are not the sampled policy's. Pass --force to train anyway"
                 )
             )
-        self.guidance = settings["guidance"] if cfg.guidance is None else cfg.guidance
-        self.negative = settings["negative_prompt"] if cfg.negative_prompt is None else cfg.negative_prompt
+        self.guidance = sampled["guidance"] if cfg.guidance is None else cfg.guidance
+        self.negative = sampled["negative_prompt"] if cfg.negative_prompt is None else cfg.negative_prompt
         groups_per_shard = manifest["plan"]["groups_per_shard"]
         if kind == SCORED_TRAJECTORIES:
             if published:
@@ -327,13 +327,13 @@ class TrajectoryData:
                     f"--objective {cfg.objective} trains on per-sample scores: give the `prefkit generate` folder "
                     "with a scorer's label set (a published dataset keeps pairs only)"
                 )
-            check_sampling_policy(cfg, settings)
+            check_sampling_policy(cfg, sampled)
             self.items, self.info = load_scored_samples(folder, cfg, groups_per_shard)
         else:
             load_pairs = load_published_pairs if published else load_train_pairs
             self.items, self.info = load_pairs(folder, cfg.labels, groups_per_shard)
         # stored prompt embeddings replace the text encoders, unless the negative prompt was overridden
-        self.has_embeddings = (self.traj / "embeddings").is_dir() and self.negative == settings[
+        self.has_embeddings = (self.traj / "embeddings").is_dir() and self.negative == sampled[
             "negative_prompt"
         ]
         self.family = self.sampler = self.schedule = self.embeds = None
@@ -343,14 +343,14 @@ class TrajectoryData:
         """The dataset's model (or --model) in the dataset's dtype; no text encoders with stored embeddings."""
         from prefkit.families import DTYPES, load_pipeline
 
-        s = self.settings
+        s = self.sampled_with
         return load_pipeline(self.load_from, s["revision"], DTYPES[s["dtype"]], device, self.has_embeddings)
 
     def bind(self, family) -> None:
         """The sampler settings and schedule the trajectories were sampled with, for ``family``."""
         from prefkit.sampling import SamplerSettings
 
-        s = self.settings
+        s = self.sampled_with
         self.family = family
         self.sampler = SamplerSettings(
             steps=s["steps"],
@@ -386,7 +386,7 @@ class TrajectoryData:
 
     def stored_lp_problems(self) -> list[str]:
         """Why the stored lp cannot be the base model's under this run's settings (empty: they may be)."""
-        s, family, sampler = self.settings, self.family, self.sampler
+        s, family, sampler = self.sampled_with, self.family, self.sampler
         problems = []
         if self.model != s["model"]:
             problems.append(f"model {self.model} != dataset's {s['model']}")
