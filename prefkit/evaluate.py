@@ -74,6 +74,7 @@ class Origin:
     manifest: dict[str, Any] | None = None  # the dataset's manifest.json, when found here
     folder: Path | None = None  # the folder holding that manifest.json
     notes: list[str] = dataclasses.field(default_factory=list)
+    missing_dataset: str | None = None  # why the run's dataset was not found (the cause of later errors)
 
 
 def find_origin(spec: str | None) -> Origin:
@@ -112,13 +113,20 @@ def find_origin(spec: str | None) -> Origin:
         return origin
     origin.run, origin.train, origin.dataset = run, train, train.get("dataset")
     ds = Path(str(origin.dataset or "")).expanduser()
-    for candidate in (ds, ds / "trajectories"):  # a generate folder, or a published folder
-        if origin.dataset and (candidate / MANIFEST).is_file():
-            origin.manifest, origin.folder = read_manifest(candidate), candidate
-            return origin
+    # runs record the dataset's absolute path; an older run's relative path is tried from here, then from
+    # the run folder's parent (a run folder and its dataset moved together)
+    places = [ds] if ds.is_absolute() else [ds, run.parent / ds, run.parent.parent / ds]
+    for place in places:
+        for candidate in (place, place / "trajectories"):  # a generate folder, or a published folder
+            if origin.dataset and (candidate / MANIFEST).is_file():
+                origin.manifest, origin.folder = read_manifest(candidate), candidate
+                return origin
+    origin.missing_dataset = (
+        f"the training run's dataset {origin.dataset!r} (in {config}) has no manifest.json at "
+        + " nor at ".join(str(p.resolve()) for p in places)
+    )
     origin.notes.append(
-        f"the training run's dataset {origin.dataset!r} has no manifest.json reachable from {Path.cwd()}; "
-        "sampler settings not given as flags are the model's defaults"
+        origin.missing_dataset + "; sampler settings not given as flags are the model's defaults"
     )
     return origin
 
@@ -487,6 +495,12 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     # 1. settings: everything that can be checked without loading a model --------------------------------
     origin = find_origin(cfg.lora)
     cfg, defaulted = fill_defaults(cfg, origin)
+    if origin.missing_dataset and (not cfg.source or not (cfg.prompt or cfg.prompts)):
+        # the judge and the prompts default to the training run's: say why they could not be found first
+        raise PrefkitError(
+            f"{origin.missing_dataset}: give --source and --prompt/--prompts, or run from the folder "
+            "training ran in"
+        )
     validate(cfg)
     out = Path(cfg.out).expanduser() if cfg.out else default_out(origin.lora)
     check_out(out, cfg.overwrite)

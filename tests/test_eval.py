@@ -419,3 +419,33 @@ def test_tie_margin_defaults_to_the_training_labels(tmp_path):
     cfg, _ = fill_defaults(EvalConfig(lora="lora", **manifest_free), origin)
     assert (cfg.source, cfg.tie_margin) == ("shapes", 0.0)  # two margins: none is the training margin
     assert fill_defaults(EvalConfig(lora="lora", **manifest_free), Origin(lora=tmp_path))[0].tie_margin == 0.0
+
+
+def test_a_run_whose_dataset_is_not_reachable_reports_that_first(tmp_path, monkeypatch):
+    """A training run recorded its dataset as a relative path (runs before absolute paths were recorded);
+    eval started elsewhere names the missing dataset, not the defaults it would have given."""
+    from prefkit.config import EvalConfig
+    from prefkit.errors import PrefkitError
+    from prefkit.evaluate import LORA_WEIGHTS, find_origin, run_eval
+
+    run = tmp_path / "runs" / "x"
+    (run / "lora").mkdir(parents=True)
+    (run / "lora" / LORA_WEIGHTS).write_bytes(b"")
+    (run / "config.yaml").write_text("dataset: ds\nobjective: d3po\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    origin = find_origin(str(run))
+    assert origin.manifest is None and "'ds'" in origin.missing_dataset
+    assert (
+        str(elsewhere / "ds") in origin.missing_dataset
+        and str(tmp_path / "runs" / "ds") in origin.missing_dataset
+    )
+    with pytest.raises(PrefkitError, match=r"dataset 'ds' .*no manifest\.json.*give --source and --prompt"):
+        run_eval(EvalConfig(lora=str(run)))
+    # a dataset that moved together with the run folder (runs/ds beside runs/x) is found
+    moved = tmp_path / "runs" / "ds"
+    moved.mkdir()
+    (moved / "manifest.json").write_text(json.dumps({"settings": {}, "prompts": []}))
+    monkeypatch.setattr("prefkit.shards.read_manifest", lambda folder: {"settings": {}, "prompts": []})
+    assert find_origin(str(run)).folder == moved

@@ -8,6 +8,8 @@ import ast
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "prefkit"
 CLI = ROOT / "cli"  # installed as prefkit.cli (pyproject.toml [tool.setuptools.package-dir])
@@ -106,3 +108,13 @@ def test_math_modules_import_only_torch_numpy_stdlib_and_each_other():
                 assert imported in MATH_MODULES, f"{name} imports {imported}"
             elif top != "__future__" and top not in sys.stdlib_module_names:
                 assert top in MATH_ALLOWED_THIRD_PARTY, f"{name} imports {imported}"
+
+
+def test_every_package_is_installed():
+    """Every folder of prefkit/ with an __init__.py is listed in pyproject.toml's packages: a wheel (not an
+    editable install) would otherwise lack it."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {module_name(p) for p in PACKAGE.rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)

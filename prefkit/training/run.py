@@ -34,6 +34,19 @@ def step_class(path: str):
     return getattr(importlib.import_module(module), name)
 
 
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """A local DATASET and --init-lora as absolute paths, so that config.yaml and summary.json name them
+    from anywhere (prefkit eval finds the dataset through them); a Hub id stays as it is."""
+    import dataclasses
+
+    local = {}
+    for name in ("dataset", "init_lora"):
+        value = getattr(cfg, name)
+        if value and Path(value).expanduser().exists():
+            local[name] = str(Path(value).expanduser().resolve())
+    return dataclasses.replace(cfg, **local)
+
+
 def run_train(cfg: TrainConfig) -> dict[str, Any]:
     """Train a LoRA on ``cfg.dataset`` with ``cfg.objective``; returns the final metrics record (with
     ``recent``: the means of the last steps)."""
@@ -48,7 +61,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         train_loop,
     )
 
-    cfg = resolve(cfg)
+    cfg = resolve(absolute_paths(cfg))
     row = objective(cfg.objective)
     Step = step_class(row.step)
     out = Path(cfg.out).expanduser()
@@ -71,6 +84,6 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     step.save(out)
     summary: dict[str, Any] = {"final": last, **data.summary(), "objective": cfg.objective, **step.summary()}
     if cfg.init_lora:
-        summary["init_lora"] = str(Path(cfg.init_lora).expanduser().resolve())
+        summary["init_lora"] = cfg.init_lora
     recent = finish_run(run, summary)
     return {**last, **data.result(), "recent": recent}
