@@ -140,7 +140,7 @@ def load_config_file(path: str | Path, cls) -> dict[str, Any]:
             raise PrefkitError(
                 f"--config {path}: unknown key {key!r}; known keys: {', '.join(sorted(n.replace('_', '-') for n in names))}"
             )
-        out[name] = _checked(path, key, value, hints[name])
+        out[name] = check_value(f"--config {path}", key, value, hints[name])
     return out
 
 
@@ -153,8 +153,9 @@ _KINDS = {
 }
 
 
-def _checked(path: Path, key: Any, value: Any, hint: Any) -> Any:
-    """``value`` if it has the field's type (an int is a float too); else an error naming the key."""
+def check_value(source: Any, key: Any, value: Any, hint: Any) -> Any:
+    """``value`` if it has the field's type (an int is a float too); else an error naming ``source`` (a
+    file, an option) and the key."""
     import types
 
     args = typing.get_args(hint) if isinstance(hint, types.UnionType) else ()
@@ -175,7 +176,7 @@ def _checked(path: Path, key: Any, value: Any, hint: Any) -> Any:
         ok = isinstance(value, kind)
     if not ok:
         raise PrefkitError(
-            f"--config {path}: {key}: expected {_KINDS.get(kind, kind.__name__)}"
+            f"{source}: {key}: expected {_KINDS.get(kind, kind.__name__)}"
             f"{' or null' if args else ''}, got {value!r}"
         )
     return value

@@ -388,6 +388,16 @@ def evaluate(folder: str | Path, samples: int, seed: int = 12345, held_out: bool
     return {k: v / samples for k, v in counts.items()} | {"samples": samples, "sampler": used}
 
 
+# recommended prefkit train settings for this model (a model folder's prefkit_train.json): the quickstart's
+RECOMMENDED_TRAIN = {
+    "about": "Recommended prefkit train settings for tiny-shapes (3 M parameters): the quickstart's "
+    "(docs/results.md). Settings given on the command line or in --config win.",
+    "all": {"lr": 0.001},
+    "d3po": {"max_steps": 120, "batch_size": 8, "timestep_fraction": 0.5, "kl_coef": 0.1},
+    "dense": {"max_steps": 100},
+}
+
+
 def build(path: str | os.PathLike, st: BuildSettings, log=print) -> dict[str, Any]:
     """Build, train, check and publish the model folder at ``path``; returns the build report."""
     import torch
@@ -430,6 +440,8 @@ def build(path: str | os.PathLike, st: BuildSettings, log=print) -> dict[str, An
             "held_out_combinations": sorted(" ".join(c) for c in shapes.HELD_OUT),
         }
         times["check_s"] = time.perf_counter() - t
+        # the training settings the quickstart uses, picked up by prefkit train (prefkit/training/recommended.py)
+        (tmp / "prefkit_train.json").write_text(json.dumps(RECOMMENDED_TRAIN, indent=2) + "\n")
         report["times"] = {k: round(v, 1) for k, v in times.items()}
         report["size_bytes"] = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
         (tmp / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")

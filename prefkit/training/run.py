@@ -15,6 +15,7 @@ from typing import Any
 
 from prefkit.progress import note
 from prefkit.training.config import TrainConfig, resolve, unread_flags
+from prefkit.training.recommended import apply_recommended
 from prefkit.training.table import IMAGE_PAIRS, objective
 
 
@@ -47,10 +48,11 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, **local)
 
 
-def run_train(cfg: TrainConfig) -> dict[str, Any]:
+def run_train(cfg: TrainConfig, given: frozenset[str] | None = None) -> dict[str, Any]:
     """Train a LoRA on ``cfg.dataset`` with ``cfg.objective``; returns the final metrics record (with
-    ``recent``: the means of the last steps)."""
-    from prefkit.families import family_of
+    ``recent``: the means of the last steps). ``given``: the settings the user set (the CLI passes them),
+    which a model folder's recommended settings never override; None: those unlike their default."""
+    from prefkit.families import family_of, resolve_model
     from prefkit.training.engine import (
         begin_outputs,
         check_out,
@@ -66,11 +68,16 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     Step = step_class(row.step)
     out = Path(cfg.out).expanduser()
     data = data_kind(row.data)(cfg, row.data)
+    folder = Path(resolve_model(data.load_from))
+    cfg, recommended = apply_recommended(cfg, folder, given) if folder.is_dir() else (cfg, [])
+    cfg = resolve(cfg)
     check_out(out, cfg)
     accelerator = start_accelerator(cfg, out)
     ignored = [shown for shown, _ in unread_flags(cfg)]
     if ignored:
         note(accelerator.is_main_process, f"--objective {cfg.objective} ignores {'; '.join(ignored)}")
+    for text in recommended:
+        note(accelerator.is_main_process and not cfg.quiet, text)
     pipe = data.load_pipeline(accelerator.device)
     family = family_of(pipe)
     data.bind(family)
