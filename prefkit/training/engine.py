@@ -89,7 +89,10 @@ def start_accelerator(cfg: TrainConfig, out: Path):
 
     world, cpu = launch_world()
     accelerator = Accelerator(
-        cpu=cpu, mixed_precision=cfg.mixed_precision, log_with=_trackers(cfg.log_with), project_dir=str(out)
+        cpu=cpu,
+        mixed_precision=cfg.mixed_precision,
+        log_with=check_trackers(cfg.log_with),
+        project_dir=str(out),
     )
     check_world(accelerator.num_processes, world)
     return accelerator
@@ -401,5 +404,23 @@ def load_checkpoint(folder: Path, denoiser, optimizer, lr_sched) -> dict:
     return json.loads((folder / "trainer_state.json").read_text())
 
 
-def _trackers(log_with: str | None):
-    return [t.strip() for t in log_with.split(",")] if log_with else None
+# --log-with names -> the package each needs (accelerate only warns and logs nothing without it)
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def check_trackers(log_with: str | None) -> list[str] | None:
+    """The trackers of --log-with, each checked: known, and its package installed."""
+    import importlib.util
+
+    if not log_with:
+        return None
+    names = [t.strip() for t in log_with.split(",") if t.strip()]
+    for name in names:
+        if name not in TRACKER_PACKAGES:
+            raise PrefkitError(f"--log-with {name}: choose {' or '.join(TRACKER_PACKAGES)} (comma-separated)")
+        if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None:
+            raise PrefkitError(
+                f"--log-with {name}: the {TRACKER_PACKAGES[name]} package is not installed; "
+                f"pip install 'prefkit[trackers]' (or pip install {TRACKER_PACKAGES[name]})"
+            )
+    return names

@@ -71,3 +71,21 @@ def test_docs_list_every_objective_with_its_data_kind():
     text = DOCS.read_text()
     for row in OBJECTIVES.values():
         assert f"| `{row.name}` | {row.data} |" in text, row.name
+
+
+def test_log_with_names_the_missing_package():
+    import importlib.util
+
+    from prefkit.training.engine import check_trackers
+
+    assert check_trackers(None) is None
+    with pytest.raises(PrefkitError, match="--log-with mlflow: choose tensorboard or wandb"):
+        check_trackers("mlflow")
+    for name in ("tensorboard", "wandb"):
+        if importlib.util.find_spec(name) is None:
+            with pytest.raises(
+                PrefkitError, match=rf"the {name} package is not installed; pip install 'prefkit\[trackers\]'"
+            ):
+                check_trackers(f" {name} ")
+        else:
+            assert check_trackers(name) == [name]
