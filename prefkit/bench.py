@@ -97,7 +97,7 @@ def bench_generate(
 
     Prompts are encoded inside both timed calls: prefkit's per-prompt cache is emptied before each of
     its runs (``pipe(...)`` encodes every call), so neither side reuses text encodings of the last."""
-    from prefkit.families import DTYPES, family_of, load_pipeline, t5_length
+    from prefkit.families import DTYPES, family_of, load_pipeline
     from prefkit.generate import encode_sample
     from prefkit.sampling import SamplerSettings, sample
 
@@ -106,23 +106,19 @@ def bench_generate(
     h0, w0 = fam.default_size()
     h, w = height or h0, width or w0
     fam.check_size(h, w)
-    noise = 1.0 if fam.name == "ddim" else 0.7
+    noise = fam.default_noise
     st = SamplerSettings(steps=steps, guidance=guidance, noise=noise, height=h, width=w)
     prompts = [f"a photo of object {i}" for i in range(batch_size)]
     kwargs: dict[str, Any] = {"num_inference_steps": steps, "height": h, "width": w, "output_type": "pil"}
-    if fam.name == "sd3":
-        kwargs |= {"guidance_scale": guidance, "max_sequence_length": t5_length(pipe, "tokenizer_3", 256)}
-    elif fam.name == "flux":
-        kwargs |= {"true_cfg_scale": guidance, "negative_prompt": [""] * batch_size}
-        kwargs["max_sequence_length"] = t5_length(pipe, "tokenizer_2", 512)
-    else:
-        kwargs |= {"guidance_scale": guidance, "eta": noise}
+    kwargs |= fam.stock_call_kwargs(guidance, batch_size)
+    if fam.noise_flag == "eta":  # DDIM samples with eta; the stock flow pipelines have no noise to set
+        kwargs["eta"] = noise
 
     def run_prefkit(seed0: int) -> None:
         fam.forget_prompt_encodings()  # time the text encoders too, as in every pipeline call
         traj = sample(fam, prompts, list(range(seed0, seed0 + batch_size)), st)
         for b in range(batch_size):
-            encode_sample({"key": f"g{b:08d}_s00"}, traj, b, fam.name)
+            encode_sample({"key": f"g{b:08d}_s00"}, traj, b, fam.sampler_kind)
 
     def run_pipe(seed0: int) -> None:
         gens = [torch.Generator("cpu").manual_seed(seed0 + i) for i in range(batch_size)]
@@ -301,7 +297,7 @@ def _bare_setup(folder, cfg, device: str, deep_copy: bool = False):
     s = read_manifest(folder)["settings"]
     pipe = load_pipeline(s["model"], s["revision"], DTYPES[s["dtype"]], torch.device(device))
     family = family_of(pipe)
-    noise = s["eta"] if family.name == "ddim" else s["noise_level"]
+    noise = s[family.noise_flag]
     sampler = SamplerSettings(s["steps"], s["guidance"], noise, s["height"], s["width"], s["negative_prompt"])
     schedule = family.schedule(sampler.steps, sampler.height, sampler.width)
     reference = None

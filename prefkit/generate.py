@@ -90,13 +90,13 @@ def check_out_dir(out: Path, resume: bool) -> None:
 
 def resolve_sampler(cfg: GenerateConfig, family) -> tuple[str, float]:
     """('eta' | 'noise_level', value) with the per-family default; a wrong-family flag is an error."""
-    if family.name == "ddim":
+    if family.noise_flag == "eta":
         if cfg.noise_level is not None:
             raise PrefkitError("--noise-level applies to flow-matching models; this DDIM model takes --eta")
-        return "eta", 1.0 if cfg.eta is None else cfg.eta
+        return "eta", family.default_noise if cfg.eta is None else cfg.eta
     if cfg.eta is not None:
         raise PrefkitError(f"--eta applies to DDIM models; this {family.name} flow model takes --noise-level")
-    return "noise_level", 0.7 if cfg.noise_level is None else cfg.noise_level
+    return "noise_level", family.default_noise if cfg.noise_level is None else cfg.noise_level
 
 
 def guidance_mode(family, guidance: float) -> str:
@@ -205,7 +205,7 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
         "settings": identity,
         "model": model_info,
         "sampler": {
-            "kind": "ddim" if family.name == "ddim" else "flow_sde",
+            "kind": family.sampler_kind,
             noise_name: noise,
             "guidance_mode": guidance_mode(family, cfg.guidance),
             "lp_reduction": LP_REDUCTION,
@@ -220,7 +220,7 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
             "num_samples": num_groups * cfg.samples_per_prompt,
             "shard_pattern": SHARD_PATTERN,
         },
-        "files": sample_files(family.name),
+        "files": sample_files(family.sampler_kind),
         "prompts": prompts,
         "counts": None,
     }
@@ -278,7 +278,7 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
                         "seed": seeds[b][0],
                         "init_noise_seed": seeds[b][1],
                     }
-                    samples.append(encode_sample(record, traj, b, family.name))
+                    samples.append(encode_sample(record, traj, b, family.sampler_kind))
                     if cfg.store_embeddings and i == 0:
                         embeddings.update(_group_embeddings(g, traj.cond, b))
                 advance(len(batch))
@@ -333,9 +333,9 @@ def regenerate(folder: str | Path, key: str, alone: bool = False, device=None):
     return traj.latents[b].to(torch.float16), traj.logprobs[b], traj.images[b]
 
 
-def sample_files(family_name: str) -> list[str]:
+def sample_files(sampler_kind: str) -> list[str]:
     files = ["latents.npy", "timesteps.npy", "logprobs.npy", "png", "json"]
-    if family_name != "ddim":
+    if sampler_kind != "ddim":  # a flow schedule's sigmas (DDIM's alphas follow from the timesteps)
         files.insert(2, "sigmas.npy")
     return files
 
@@ -386,7 +386,7 @@ def sample_batch(family, settings, cfg: GenerateConfig, prompts: list[str], batc
     return seeds, traj
 
 
-def encode_sample(record: dict[str, Any], traj, b: int, family_name: str) -> dict[str, Any]:
+def encode_sample(record: dict[str, Any], traj, b: int, sampler_kind: str) -> dict[str, Any]:
     """The shard member files of sample ``b`` of ``traj`` (its latents, timesteps, log-probs, sigmas for
     flow models, PNG and ``record`` as JSON), keyed as :func:`prefkit.shards.write_shard` takes them."""
     files: dict[str, Any] = {
@@ -397,7 +397,7 @@ def encode_sample(record: dict[str, Any], traj, b: int, family_name: str) -> dic
         "png": png_bytes(traj.images[b]),
         "json": json_bytes(record),
     }
-    if family_name != "ddim":
+    if sampler_kind != "ddim":
         files["sigmas.npy"] = npy_bytes(traj.schedule.sigmas.float().numpy())
     return files
 

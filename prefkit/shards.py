@@ -142,7 +142,7 @@ class ShardSpec:
             latent = np.dtype(sampler["latent_dtype"])
             height, width = int(settings["height"]), int(settings["width"])
             files = tuple(str(f) for f in manifest["files"])
-            ddim = manifest["model"]["family"] == "ddim"
+            ddim = manifest["sampler"]["kind"] == "ddim"
         except (KeyError, TypeError, ValueError) as exc:
             raise PrefkitError(
                 f"{where}: no valid sampler.latent_shape/latent_dtype, settings.height/width, files or "

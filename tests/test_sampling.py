@@ -98,7 +98,7 @@ def test_flow_sde_noise0_equals_stock_flux_pipeline(tiny_models):
 
 
 def test_flux_pack_unpack_round_trip():
-    from prefkit.families import FluxFamily
+    from prefkit.families.flux import FluxFamily
 
     x = torch.randn(2, 16, 8, 6)
     packed = FluxFamily.pack(x)

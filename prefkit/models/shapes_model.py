@@ -367,7 +367,7 @@ def evaluate(folder: str | Path, samples: int, seed: int = 12345, held_out: bool
 
     fam = family_of(load_pipeline(str(folder)))
     d = GenerateConfig()
-    noise = 1.0 if fam.name == "ddim" else 0.7  # generate's defaults: eta 1 (DDIM), noise level 0.7 (flow)
+    noise = fam.default_noise  # generate's defaults: eta 1 (DDIM), noise level 0.7 (flow)
     settings = SamplerSettings(steps=d.steps, guidance=d.guidance, noise=noise, height=32, width=32)
     rng = np.random.default_rng(seed)
     st = BuildSettings()

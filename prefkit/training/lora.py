@@ -15,12 +15,11 @@ import torch
 from prefkit.errors import PrefkitError
 
 DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-CONTEXT_TARGETS = ["add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 
 
 def _prefix(family) -> str:
     """The component name of the LoRA keys in a diffusers LoRA file: unet. or transformer."""
-    return ("unet" if family.name == "ddim" else "transformer") + "."
+    return family.denoiser_name + "."
 
 
 def add_lora(denoiser: torch.nn.Module, cfg, family) -> None:
@@ -31,7 +30,7 @@ def add_lora(denoiser: torch.nn.Module, cfg, family) -> None:
     targets = (
         [t.strip() for t in cfg.lora_targets.split(",")]
         if cfg.lora_targets
-        else DEFAULT_TARGETS + (CONTEXT_TARGETS if family.name in ("sd3", "flux") else [])
+        else DEFAULT_TARGETS + list(family.lora_context_targets)
     )
     present = {n.rsplit(".", 1)[-1] for n, _ in denoiser.named_modules()} | {
         n for n, _ in denoiser.named_modules()

@@ -355,7 +355,7 @@ class TrajectoryData:
         self.sampler = SamplerSettings(
             steps=s["steps"],
             guidance=self.guidance,
-            noise=s["eta"] if family.name == "ddim" else s["noise_level"],
+            noise=s[family.noise_flag],
             height=s["height"],
             width=s["width"],
             negative_prompt=self.negative,

@@ -25,18 +25,18 @@ from prefkit.training.batch import Batch, Pair
 from prefkit.training.engine import check_finite, seeded_generator, sync_context
 from prefkit.training.step import ObjectiveStep
 
-BETA = {"ddim": 5000.0, "sd3": 100.0, "flux": 100.0}
+BETA = {"epsilon": 5000.0, "flow": 100.0}  # by what the family predicts
 
 
 class DiffusionDPO(ObjectiveStep):
     @classmethod
     def configure(cls, cfg, family):
-        return cfg if cfg.beta is not None else dataclasses.replace(cfg, beta=BETA[family.name])
+        return cfg if cfg.beta is not None else dataclasses.replace(cfg, beta=BETA[family.prediction])
 
     def __init__(self, cfg, run, data):
         super().__init__(cfg, run, data)
-        if self.family.name == "ddim":
-            # DDPM training noise: alphas_cumprod of the scheduler's config (DDIMFamily keeps the betas)
+        if self.family.prediction == "epsilon":
+            # DDPM training noise: alphas_cumprod of the scheduler's config (the SD family keeps the betas)
             self.alphas_cumprod = run.pipe.scheduler.alphas_cumprod.float()
             self.num_train = run.pipe.scheduler.config.num_train_timesteps
 
@@ -48,7 +48,7 @@ class DiffusionDPO(ObjectiveStep):
         from prefkit.families import Schedule
 
         dev = self.family.device
-        ddim = self.family.name == "ddim"
+        ddim = self.family.prediction == "epsilon"
         noise, draws = [], []
         for epoch, position in batch.seeds():
             g = seeded_generator(self.cfg.seed, epoch, position)

@@ -3,7 +3,8 @@
 The same code serves a built-in tiny model on a laptop CPU and ``stabilityai/stable-diffusion-3.5-medium``
 on a GPU: every model is loaded with ``DiffusionPipeline.from_pretrained(path_or_hub_id)`` and then used
 through its public pieces (``encode_prompt``, the scheduler's timesteps and sigmas, the denoiser, the
-VAE). A :class:`Family` adapter hides the three ways these pieces fit together:
+VAE). A :class:`Family` adapter hides the ways these pieces fit together, one module of this package per
+family (found by ``family_of``, nothing to register):
 
 ========  ================================  =========================  ==============================
 family    pipelines                         scheduler (sampling)       model output
@@ -29,15 +30,9 @@ from typing import Any
 import torch
 
 from prefkit.errors import PrefkitError
-from prefkit.math.logprob import StepDistribution, ddim_step, flow_sde_step, v_to_eps
+from prefkit.math.logprob import StepDistribution
 
-FAMILIES = ("ddim", "sd3", "flux")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_PIPELINE_FAMILY = {
-    "StableDiffusionPipeline": "ddim",
-    "StableDiffusion3Pipeline": "sd3",
-    "FluxPipeline": "flux",
-}
 
 
 def quiet_libraries() -> None:
@@ -230,9 +225,32 @@ class Schedule:
 
 
 class Family:
-    """How one pipeline family encodes prompts, schedules, predicts, steps and decodes."""
+    """How one pipeline family encodes prompts, schedules, predicts, steps and decodes.
 
-    name: str = ""
+    A subclass in a module of this package is found by ``family_of`` through its ``pipelines``; what the
+    rest of prefkit needs to know of a family is one of these attributes, never its name."""
+
+    name: str = ""  # recorded in a dataset's manifest (model.family)
+    pipelines: tuple[str, ...] = ()  # the diffusers pipeline classes it drives
+    sampler_kind: str = ""  # "ddim" (noise = --eta) or "flow_sde" (noise = --noise-level)
+    prediction: str = ""  # what the denoiser predicts once converted: "epsilon" or "flow" (velocity)
+    denoiser_name: str = ""  # the pipeline component trained: "unet" or "transformer" (LoRA file keys)
+    lora_context_targets: tuple[str, ...] = ()  # LoRA targets besides to_q/k/v/out (joint attention)
+
+    @property
+    def noise_flag(self) -> str:
+        """The sampler's noise setting: eta (DDIM) or noise_level (flow SDE)."""
+        return "eta" if self.sampler_kind == "ddim" else "noise_level"
+
+    @property
+    def default_noise(self) -> float:
+        """prefkit generate's default: eta 1.0 (DDIM), noise level 0.7 (flow SDE)."""
+        return 1.0 if self.sampler_kind == "ddim" else 0.7
+
+    def stock_call_kwargs(self, guidance: float, batch_size: int) -> dict[str, Any]:
+        """Keyword arguments that make a stock ``pipe(...)`` call sample as prefkit does (guidance, text
+        length); for benchmarks and the stock-equivalence tests."""
+        return {"guidance_scale": guidance}
 
     def __init__(self, pipe: Any):
         self.pipe = pipe
@@ -381,293 +399,3 @@ def t5_length(pipe, tokenizer_name: str, default: int) -> int:
     tok = getattr(pipe, tokenizer_name, None)
     limit = getattr(tok, "model_max_length", None) if tok is not None else None
     return min(default, int(limit)) if limit else default
-
-
-class DDIMFamily(Family):
-    """Stable Diffusion 1.x/2.x: UNet, epsilon or v prediction, sampled with DDIM (eta > 0)."""
-
-    name = "ddim"
-
-    def __init__(self, pipe):
-        from diffusers import DDIMScheduler
-
-        if not isinstance(pipe.scheduler, DDIMScheduler):
-            pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-        super().__init__(pipe)
-        cfg = pipe.scheduler.config
-        if cfg.prediction_type not in ("epsilon", "v_prediction"):
-            raise PrefkitError(
-                f"scheduler prediction_type {cfg.prediction_type!r} is not supported (epsilon or v_prediction)"
-            )
-        if cfg.thresholding:
-            raise PrefkitError("DDIM with dynamic thresholding has no Gaussian step; disable thresholding")
-
-    @property
-    def denoiser(self):
-        return self.pipe.unet
-
-    def default_size(self):
-        s = self.pipe.unet.config.sample_size * self.vae_scale_factor
-        return s, s
-
-    def size_multiple(self):
-        downs = 2 ** (len(self.pipe.unet.config.down_block_types) - 1)
-        return self.vae_scale_factor * downs
-
-    def latent_shape(self, height, width):
-        return (
-            self.pipe.unet.config.in_channels,
-            height // self.vae_scale_factor,
-            width // self.vae_scale_factor,
-        )
-
-    def scheduler_info(self):
-        cfg = self.pipe.scheduler.config
-        return {
-            "scheduler": type(self.pipe.scheduler).__name__,
-            "prediction_type": cfg.prediction_type,
-            "timestep_spacing": cfg.timestep_spacing,
-        }
-
-    def _encode_one(self, prompt):
-        with torch.no_grad():
-            pe, _ = self.pipe.encode_prompt(prompt, self.device, 1, False)
-        return pe, None, None
-
-    def schedule(self, num_steps, height, width):
-        sch = self.pipe.scheduler
-        sch.set_timesteps(num_steps, device="cpu")
-        timesteps = sch.timesteps.clone().long()
-        ac = sch.alphas_cumprod.float()
-        prev = timesteps - sch.config.num_train_timesteps // num_steps
-        alphas_prev = torch.where(
-            prev >= 0, ac[prev.clamp(min=0)], torch.as_tensor(sch.final_alpha_cumprod, dtype=torch.float32)
-        )
-        return Schedule(timesteps=timesteps, alphas=ac[timesteps], alphas_prev=alphas_prev)
-
-    def model_output(self, x, k, schedule, cond, guidance):
-        net, dtype = self._net(), self.dtype
-        t = schedule.timesteps[k].to(self.device)
-
-        def call(xi, pe, _pooled):
-            return net(
-                xi.to(dtype), batch_timesteps(t, xi.shape[0]), encoder_hidden_states=pe, return_dict=False
-            )[0]
-
-        out = self._guided(call, x, cond, guidance)
-        if self.pipe.scheduler.config.prediction_type == "v_prediction":
-            out = v_to_eps(out, x, schedule.alphas[k])
-        return out
-
-    def step_distribution(self, x, out, k, schedule, noise):
-        cfg = self.pipe.scheduler.config
-        clip = cfg.clip_sample_range if cfg.clip_sample else None
-        return ddim_step(
-            x, out, schedule.alphas[k], schedule.alphas_prev[k], eta=noise, clip_sample_range=clip
-        )
-
-
-class FlowFamily(Family):
-    """Flow matching (SD3/3.5, FLUX): velocity models, Euler steps turned into an SDE."""
-
-    def schedule(self, num_steps, height, width):
-        sch = self.pipe.scheduler
-        sch.set_timesteps(**self._timestep_kwargs(num_steps, height, width), device="cpu")
-        return Schedule(timesteps=sch.timesteps.clone().float(), sigmas=sch.sigmas.clone().float())
-
-    def _timestep_kwargs(self, num_steps, height, width) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def step_distribution(self, x, out, k, schedule, noise):
-        s = schedule.sigmas
-        return flow_sde_step(x, out, s[k], s[k + 1], noise_level=noise, sigma_max=float(s[1]))
-
-
-class SD3Family(FlowFamily):
-    """Stable Diffusion 3/3.5: SD3Transformer2DModel, two CLIPs and a T5."""
-
-    name = "sd3"
-
-    @property
-    def denoiser(self):
-        return self.pipe.transformer
-
-    def default_size(self):
-        s = self.pipe.default_sample_size * self.vae_scale_factor
-        return s, s
-
-    def size_multiple(self):
-        return self.vae_scale_factor * self.pipe.transformer.config.patch_size
-
-    def latent_shape(self, height, width):
-        c = self.pipe.transformer.config.in_channels
-        return (c, height // self.vae_scale_factor, width // self.vae_scale_factor)
-
-    def _encode_one(self, prompt):
-        with torch.no_grad():
-            pe, _, pooled, _ = self.pipe.encode_prompt(
-                prompt=prompt,
-                prompt_2=None,
-                prompt_3=None,
-                device=self.device,
-                do_classifier_free_guidance=False,
-                max_sequence_length=t5_length(self.pipe, "tokenizer_3", 256),
-            )
-        return pe, pooled, None
-
-    def _timestep_kwargs(self, num_steps, height, width):
-        kw: dict[str, Any] = {"num_inference_steps": num_steps}
-        cfg = self.pipe.scheduler.config
-        if cfg.get("use_dynamic_shifting", False):
-            from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
-
-            p = self.pipe.transformer.config.patch_size
-            seq = (height // self.vae_scale_factor // p) * (width // self.vae_scale_factor // p)
-            kw["mu"] = calculate_shift(
-                seq,
-                cfg.get("base_image_seq_len", 256),
-                cfg.get("max_image_seq_len", 4096),
-                cfg.get("base_shift", 0.5),
-                cfg.get("max_shift", 1.16),
-            )
-        return kw
-
-    def model_output(self, x, k, schedule, cond, guidance):
-        net, dtype = self._net(), self.dtype
-        t = schedule.timesteps[k].to(self.device)
-
-        def call(xi, pe, pooled):
-            ts = batch_timesteps(t, xi.shape[0])
-            return net(
-                hidden_states=xi.to(dtype),
-                timestep=ts,
-                encoder_hidden_states=pe,
-                pooled_projections=pooled,
-                return_dict=False,
-            )[0]
-
-        return self._guided(call, x, cond, guidance)
-
-
-class FluxFamily(FlowFamily):
-    """FLUX.1: FluxTransformer2DModel on 2x2-packed latent tokens.
-
-    Guidance: a guidance-distilled model (``guidance_embeds=True``, FLUX.1-dev) takes the guidance
-    scale as an input embedding and runs one forward pass; otherwise true CFG with the negative
-    prompt is used, as ``FluxPipeline(true_cfg_scale=...)`` does.
-    """
-
-    name = "flux"
-
-    @property
-    def denoiser(self):
-        return self.pipe.transformer
-
-    def _guided(self, call, x_in, cond, guidance):
-        """True CFG in FluxPipeline's layout: the conditional and the unconditional pass as two calls
-        of B (not one of 2B as for SD3), so that prefkit's FLUX samples are the stock pipeline's to the
-        last bit: a batch of 2B may round differently from two of B (batch-dependent CPU kernels)."""
-        if not cond.guided:
-            return super()._guided(call, x_in, cond, guidance)
-        text = call(x_in, cond.prompt_embeds, cond.pooled).float()
-        uncond = call(x_in, cond.negative_prompt_embeds, cond.negative_pooled).float()
-        return uncond + guidance * (text - uncond)
-
-    @property
-    def embedded_guidance(self) -> bool:
-        return bool(self.pipe.transformer.config.guidance_embeds)
-
-    def default_size(self):
-        s = self.pipe.default_sample_size * self.vae_scale_factor
-        return s, s
-
-    def size_multiple(self):
-        return self.vae_scale_factor * 2
-
-    def latent_shape(self, height, width):
-        c = self.pipe.transformer.config.in_channels // 4
-        return (c, 2 * (height // (self.vae_scale_factor * 2)), 2 * (width // (self.vae_scale_factor * 2)))
-
-    def encode(self, prompts, negative_prompt):
-        # guidance-distilled models never see a negative prompt
-        return super().encode(prompts, None if self.embedded_guidance else negative_prompt)
-
-    def _encode_one(self, prompt):
-        with torch.no_grad():
-            pe, pooled, text_ids = self.pipe.encode_prompt(
-                prompt=prompt,
-                prompt_2=None,
-                device=self.device,
-                max_sequence_length=t5_length(self.pipe, "tokenizer_2", 512),
-            )
-        return pe, pooled, text_ids
-
-    def _timestep_kwargs(self, num_steps, height, width):
-        import numpy as np
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-        c, h, w = self.latent_shape(height, width)
-        cfg = self.pipe.scheduler.config
-        kw: dict[str, Any] = {"num_inference_steps": num_steps}
-        if not cfg.get("use_flow_sigmas", False):
-            kw["sigmas"] = np.linspace(1.0, 1 / num_steps, num_steps)
-        kw["mu"] = calculate_shift(
-            (h // 2) * (w // 2),
-            cfg.get("base_image_seq_len", 256),
-            cfg.get("max_image_seq_len", 4096),
-            cfg.get("base_shift", 0.5),
-            cfg.get("max_shift", 1.15),
-        )
-        return kw
-
-    @staticmethod
-    def pack(x: torch.Tensor) -> torch.Tensor:
-        """[B, C, h, w] -> [B, (h/2)(w/2), 4C] (FLUX's 2x2 patch tokens)."""
-        b, c, h, w = x.shape
-        x = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
-        return x.reshape(b, (h // 2) * (w // 2), c * 4)
-
-    @staticmethod
-    def unpack(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Inverse of :meth:`pack`."""
-        b, _, c4 = x.shape
-        x = x.view(b, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
-        return x.reshape(b, c4 // 4, h, w)
-
-    def model_output(self, x, k, schedule, cond, guidance):
-        net, dtype = self._net(), self.dtype
-        b, c, h, w = x.shape
-        ids = torch.zeros(h // 2, w // 2, 3)
-        ids[..., 1] += torch.arange(h // 2)[:, None]
-        ids[..., 2] += torch.arange(w // 2)[None, :]
-        img_ids = ids.reshape(-1, 3).to(self.device, dtype)
-        t = (schedule.timesteps[k] / 1000).to(self.device)
-        g = None
-        if self.embedded_guidance:
-            g = torch.full([1], guidance, device=self.device, dtype=torch.float32)
-
-        def call(xi, pe, pooled):
-            n = xi.shape[0]
-            return net(
-                hidden_states=self.pack(xi).to(dtype),
-                timestep=batch_timesteps(t, n).to(dtype),
-                guidance=None if g is None else g.expand(n),
-                pooled_projections=pooled,
-                encoder_hidden_states=pe,
-                txt_ids=cond.text_ids,
-                img_ids=img_ids,
-                return_dict=False,
-            )[0]
-
-        return self.unpack(self._guided(call, x, cond, guidance), h, w)
-
-
-def family_of(pipe) -> Family:
-    """The :class:`Family` adapter of a loaded pipeline, or a clear error for unsupported ones."""
-    name = _PIPELINE_FAMILY.get(type(pipe).__name__)
-    if name is None:
-        raise PrefkitError(
-            f"pipeline class {type(pipe).__name__} is not supported yet; prefkit drives "
-            + ", ".join(sorted(_PIPELINE_FAMILY))
-        )
-    return {"ddim": DDIMFamily, "sd3": SD3Family, "flux": FluxFamily}[name](pipe)
