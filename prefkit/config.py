@@ -15,21 +15,53 @@ from typing import Any
 from prefkit.errors import PrefkitError
 
 
-def field(default: Any = None, help: str = "", **kw) -> Any:  # noqa: A002 - mirrors typer's name
+def field(
+    default: Any = None,
+    help: str = "",  # noqa: A002 - mirrors typer's name
+    *,
+    flags: tuple[str, ...] | None = None,
+    argument: bool | None = None,
+    panel: str | None = None,
+    path: bool | None = None,
+    identity: bool | None = None,
+    **kw,
+) -> Any:
+    """A config field, declared once: its type and default (the dataclass's), its help, and how the
+    command line shows it (read by prefkit.cli.builder, which makes one option per field):
+
+    - ``flags``: the option's names, e.g. ``("--quiet", "-q")`` or ``("--kl/--no-kl",)`` (default
+      ``--field-name``; a bool is then an on-only flag);
+    - ``argument``: a positional argument instead (required when the default is None);
+    - ``panel``: the rich help panel the option is listed under (default: Options);
+    - ``path``: the command line shows and parses it as a path (the config still holds a str);
+    - ``identity``: False leaves the field out of ``keys_of(cls, "identity")``, the settings a resumed
+      run must share (``GENERATE_IDENTITY_KEYS``). A field says so only to be left out: a new one is checked.
+    """
+    meta: dict[str, Any] = {"help": help}
+    given = {"flags": flags, "argument": argument, "panel": panel, "path": path, "identity": identity}
+    meta.update({k: v for k, v in given.items() if v is not None})
     if "default_factory" in kw:
-        return dataclasses.field(metadata={"help": help}, **kw)
-    return dataclasses.field(default=default, metadata={"help": help}, **kw)
+        return dataclasses.field(metadata=meta, **kw)
+    return dataclasses.field(default=default, metadata=meta, **kw)
 
 
 def help_of(cls, name: str) -> str:
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}[name]
 
 
+def keys_of(cls, key: str, default: bool = True) -> tuple[str, ...]:
+    """The names of ``cls``'s fields whose metadata ``key`` is true, in field order; a field that does not
+    set it counts as ``default`` (True: a field is in unless it says otherwise)."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get(key, default))
+
+
 @dataclasses.dataclass
 class GenerateConfig:
     """Settings of ``prefkit generate``. A sample is determined by (model, these settings, prompt, seed)."""
 
-    out: str = field(None, "Output dataset folder (created; must be empty or absent unless --resume).")
+    out: str = field(
+        None, "Output dataset folder (created; must be empty or absent unless --resume).", identity=False
+    )
     model: str = field(
         "tiny-shapes",
         "Diffusers pipeline: a local folder, a Hub id (OWNER/NAME), or a built-in model: tiny-shapes "
@@ -72,39 +104,23 @@ class GenerateConfig:
         "Store prompt embeddings once per group (embeddings/*.safetensors) so training skips the text encoders.",
     )
     resume: bool = field(
-        False, "Complete an interrupted run in --out (same settings); finished shards are kept."
+        False,
+        "Complete an interrupted run in --out (same settings); finished shards are kept.",
+        identity=False,
     )
-    quiet: bool = field(False, "No progress bar.")
+    quiet: bool = field(False, "No progress bar.", identity=False)
 
     # -- derived ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-# settings that determine what gets generated. The batch size is one of them: denoiser kernels are not
-# batch-invariant in the last float bit (oneDNN, cuBLAS), so a sample is reproduced bit for bit by re-running
-# its batch (see prefkit.generate.regenerate); a sample alone agrees to float rounding.
-GENERATE_IDENTITY_KEYS = (
-    "model",
-    "revision",
-    "lora",
-    "prompt",
-    "prompts",
-    "samples_per_prompt",
-    "steps",
-    "guidance",
-    "negative_prompt",
-    "eta",
-    "noise_level",
-    "seed",
-    "same_noise",
-    "height",
-    "width",
-    "groups_per_shard",
-    "batch_size",
-    "dtype",
-    "store_embeddings",
-)
+# settings that determine what gets generated: every field of GenerateConfig but those marked
+# identity=False (out, resume, quiet), so that a new setting is checked on --resume unless it says otherwise.
+# The batch size is one of them: denoiser kernels are not batch-invariant in the last float bit (oneDNN,
+# cuBLAS), so a sample is reproduced bit for bit by re-running its batch (see prefkit.generate.regenerate); a
+# sample alone agrees to float rounding. The manifest's "settings" (schemas/manifest.schema.json) are these keys.
+GENERATE_IDENTITY_KEYS = keys_of(GenerateConfig, "identity")
 
 
 def load_config_file(path: str | Path, cls) -> dict[str, Any]:
