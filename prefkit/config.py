@@ -431,13 +431,21 @@ class LoopConfig:
     """Settings of ``prefkit loop``: rounds of generate (with the current LoRA) -> label -> train, each
     round's data and adapter kept, so that an online method (DDPO, TDPO, ...) runs as offline rounds."""
 
+    # A setting that only hands a stage its own default on takes it from that stage's config (model, steps,
+    # guidance, generate_batch_size: GenerateConfig's); the others are the loop's own choices (rounds,
+    # samples_per_prompt, seed, source, objective, max_steps, batch_size, lr). kl_coef, timestep_fraction and
+    # lora_rank still repeat TrainConfig's defaults: TrainConfig is moving out of this module, which cannot
+    # import it back (config is the foundation layer).
+
     out: str = field(
         None, "Output folder: round-NNN/{data,train}, rounds.jsonl, rewards.png.", path=True, panel="Rounds"
     )
     rounds: int = field(
         2, "Training rounds R; round R (no training) then measures the last adapter.", panel="Rounds"
     )
-    model: str = field("tiny-shapes", "Base model, as for `prefkit generate --model`.", panel="Generate")
+    model: str = field(
+        GenerateConfig.model, "Base model, as for `prefkit generate --model`.", panel="Generate"
+    )
     prompt: list[str] = field(
         help="A prompt; repeat the flag for several.", default_factory=list, panel="Generate"
     )
@@ -445,8 +453,10 @@ class LoopConfig:
         None, "A prompt file or a built-in list, as for `prefkit generate`.", panel="Generate"
     )
     samples_per_prompt: int = field(8, "Samples per prompt and round.", panel="Generate")
-    steps: int = field(20, "Denoising steps K per trajectory.", panel="Generate")
-    guidance: float = field(5.0, "Classifier-free guidance scale w (1 = off).", panel="Generate")
+    steps: int = field(GenerateConfig.steps, "Denoising steps K per trajectory.", panel="Generate")
+    guidance: float = field(
+        GenerateConfig.guidance, "Classifier-free guidance scale w (1 = off).", panel="Generate"
+    )
     noise_level: float | None = field(
         None, "Flow-SDE noise level a (flow models). Default 0.7.", panel="Generate"
     )
@@ -456,7 +466,9 @@ class LoopConfig:
     seed: int = field(
         0, "Base seed; round r generates with seed + r and trains with seed + r.", panel="Rounds"
     )
-    generate_batch_size: int = field(8, "Images denoised together when generating.", panel="Generate")
+    generate_batch_size: int = field(
+        GenerateConfig.batch_size, "Images denoised together when generating.", panel="Generate"
+    )
     source: str = field(
         "jpeg",
         "Scorer of every round's samples: jpeg, aesthetic, pickscore, llava or python:module:function "
