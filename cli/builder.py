@@ -5,7 +5,8 @@
 - the name ``--field-name`` (a bool: an on-only flag), or the field metadata's ``flags``;
 - the type from the annotation: str, int, float, bool, ``list[str]`` (a repeatable option) and ``X | None``;
   a field whose default is None is optional on the command line whatever its annotation says;
-- the default from the field (a ``default_factory`` list: empty when the option is not given);
+- the default from the field (a ``default_factory`` list: empty when the option is not given; a field
+  without a default: a required option);
 - the help from the metadata's ``help``, escaped for rich markup (typer renders help as markup);
 - metadata ``argument=True``: a positional argument instead, required when its default is None;
   ``panel``: its rich help panel; ``path``: shown and parsed as a path, handed on as a str.
@@ -78,13 +79,13 @@ def field_params(cls, overrides: Mapping[str, Mapping[str, Any]] | None = None) 
             )
         meta = {**f.metadata, **extra_meta}
         kind, optional = _strip_optional(hints[f.name])
-        factory = None
+        factory, required = None, False
         if f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
             factory, default = f.default_factory, None
         else:
-            default = None  # a field without a default: None on the command line, the dataclass decides
+            default, required = None, True  # a field without a default is required on the command line
         is_list = typing.get_origin(kind) is list
         if kind not in (str, int, float, bool) and not (is_list and typing.get_args(kind) == (str,)):
             raise TypeError(f"{cls.__name__}.{f.name}: {hints[f.name]} cannot be an option")
@@ -99,15 +100,16 @@ def field_params(cls, overrides: Mapping[str, Mapping[str, Any]] | None = None) 
         panel = meta.get("panel")
         is_argument = bool(meta.get("argument"))
         if is_argument:
-            required = default is None
+            required = required or default is None
             info = typer.Argument(help=help_text, rich_help_panel=panel, show_default=not required)
-            annotation = kind if required else (kind | None if optional else kind)
-            parameter_default = inspect.Parameter.empty if required else default
         else:
             names = tuple(meta.get("flags") or ("--" + f.name.replace("_", "-"),))
             info = typer.Option(
                 *names, help=help_text, rich_help_panel=panel, show_default=default is not None
             )
+        if required:
+            annotation, parameter_default = kind, inspect.Parameter.empty
+        else:
             annotation = kind | None if (optional or default is None) else kind
             parameter_default = default
         parameter = inspect.Parameter(

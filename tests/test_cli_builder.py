@@ -101,6 +101,27 @@ def test_extra_parameters_and_overrides():
     assert CliRunner().invoke(app, ["toy", "n", "--config", "c.yaml"]).exit_code == 2
 
 
+def test_a_field_without_a_default_is_a_required_option():
+    @dataclasses.dataclass
+    class Needs:
+        size: int = dataclasses.field(metadata={"help": "The size."})
+
+    app = typer.Typer(add_completion=False)
+    seen = []
+
+    @config_command(app, Needs)
+    def needs(args: Invocation) -> None:
+        seen.append(args.resolve())
+
+    @app.command()
+    def other() -> None:
+        pass
+
+    assert CliRunner().invoke(app, ["needs"]).exit_code == 2
+    _run(app, ["needs", "--size", 3])
+    assert seen == [Needs(size=3)]
+
+
 def test_unsupported_field_types_are_refused():
     @dataclasses.dataclass
     class Bad:
