@@ -14,13 +14,41 @@ from typing import Any
 
 from prefkit.errors import PrefkitError
 
-_FIELD_ARGS = ("default_factory", "init", "repr", "hash", "compare", "kw_only")
 
+def field(
+    default: Any = None,
+    help: str = "",  # noqa: A002 - mirrors typer's name
+    *,
+    flags: tuple[str, ...] | None = None,
+    argument: bool | None = None,
+    panel: str | None = None,
+    path: bool | None = None,
+    identity: bool | None = None,
+    resume: bool | None = None,
+    **kw,
+) -> Any:
+    """A config field, declared once: its type and default (the dataclass's), its help, and how the
+    command line shows it (read by prefkit.cli.builder, which makes one option per field):
 
-def field(default: Any = None, help: str = "", **kw) -> Any:  # noqa: A002 - mirrors typer's name
-    """A dataclass field with its help; keyword arguments other than dataclasses.field's go into its
-    metadata (e.g. resume=False: may change when a run is resumed)."""
-    meta = {"help": help, **{k: kw.pop(k) for k in list(kw) if k not in _FIELD_ARGS}}
+    - ``flags``: the option's names, e.g. ``("--quiet", "-q")`` or ``("--kl/--no-kl",)`` (default
+      ``--field-name``; a bool is then an on-only flag);
+    - ``argument``: a positional argument instead (required when the default is None);
+    - ``panel``: the rich help panel the option is listed under (default: Options);
+    - ``path``: the command line shows and parses it as a path (the config still holds a str);
+    - ``identity``: False leaves the field out of ``keys_of(cls, "identity")``, the settings a resumed
+      run must share (``GENERATE_IDENTITY_KEYS``). A field says so only to be left out: a new one is checked;
+    - ``resume``: False lets the field change when a training run is resumed (``RESUME_KEYS``).
+    """
+    meta: dict[str, Any] = {"help": help}
+    given = {
+        "flags": flags,
+        "argument": argument,
+        "panel": panel,
+        "path": path,
+        "identity": identity,
+        "resume": resume,
+    }
+    meta.update({k: v for k, v in given.items() if v is not None})
     if "default_factory" in kw:
         return dataclasses.field(metadata=meta, **kw)
     return dataclasses.field(default=default, metadata=meta, **kw)
@@ -30,86 +58,104 @@ def help_of(cls, name: str) -> str:
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}[name]
 
 
+def keys_of(cls, key: str, default: bool = True) -> tuple[str, ...]:
+    """The names of ``cls``'s fields whose metadata ``key`` is true, in field order; a field that does not
+    set it counts as ``default`` (True: a field is in unless it says otherwise)."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get(key, default))
+
+
 @dataclasses.dataclass
 class GenerateConfig:
     """Settings of ``prefkit generate``. A sample is determined by (model, these settings, prompt, seed)."""
 
-    out: str = field(None, "Output dataset folder (created; must be empty or absent unless --resume).")
+    out: str = field(
+        None,
+        "Output dataset folder (created; must be empty or absent unless --resume).",
+        path=True,
+        panel="Output",
+        identity=False,
+    )
     model: str = field(
         "tiny-shapes",
         "Diffusers pipeline: a local folder, a Hub id (OWNER/NAME), or a built-in model: tiny-shapes "
         "[default; trained to draw coloured shapes, SD3-style flow matching], or the random-weight tiny-sd3, "
         "tiny-flux, tiny-sd15 (and sd15-random, sd3-medium-random for benchmarks).",
+        panel="Input",
     )
-    revision: str | None = field(None, "Hub revision (branch, tag or commit) of --model.")
+    revision: str | None = field(None, "Hub revision (branch, tag or commit) of --model.", panel="Input")
     lora: str | None = field(
         None,
         "A LoRA folder saved by prefkit train (OUT/lora or OUT/checkpoint-N) applied to --model: the "
         "trajectories and their log-probs are then the tuned policy's.",
+        panel="Input",
     )
-    prompt: list[str] = field(help="A prompt; repeat the flag for several.", default_factory=list)
+    prompt: list[str] = field(
+        help="A prompt; repeat the flag for several.", default_factory=list, panel="Input"
+    )
     prompts: str | None = field(
-        None, "A prompt file (UTF-8, one prompt a line, blank lines ignored) or a built-in list: animals."
+        None,
+        "A prompt file (UTF-8, one prompt a line, blank lines ignored) or a built-in list: animals.",
+        panel="Input",
     )
     samples_per_prompt: int = field(
-        4, "Samples per prompt; they form one prompt group (pairs come from a group)."
+        4, "Samples per prompt; they form one prompt group (pairs come from a group).", panel="Sampler"
     )
-    steps: int = field(20, "Denoising steps K per trajectory.")
+    steps: int = field(20, "Denoising steps K per trajectory.", panel="Sampler")
     guidance: float = field(
-        5.0, "Classifier-free guidance scale w (1 = off); stored and reused when training."
+        5.0, "Classifier-free guidance scale w (1 = off); stored and reused when training.", panel="Sampler"
     )
-    negative_prompt: str = field("", "Negative prompt for classifier-free guidance (default: empty prompt).")
-    eta: float | None = field(None, "DDIM stochasticity eta > 0 (DDIM models only). Default 1.0.")
+    negative_prompt: str = field(
+        "", "Negative prompt for classifier-free guidance (default: empty prompt).", panel="Sampler"
+    )
+    eta: float | None = field(
+        None, "DDIM stochasticity eta > 0 (DDIM models only). Default 1.0.", panel="Sampler"
+    )
     noise_level: float | None = field(
-        None, "Flow-SDE noise level a > 0 (flow-matching models only). Default 0.7."
+        None, "Flow-SDE noise level a > 0 (flow-matching models only). Default 0.7.", panel="Sampler"
     )
-    seed: int = field(0, "Base seed; each image's seed is derived from (seed, group, index) and stored.")
-    same_noise: bool = field(False, "Samples of a prompt group share their initial noise x_T (as D3PO does).")
-    height: int | None = field(None, "Image height in pixels (default: the model's native size).")
-    width: int | None = field(None, "Image width in pixels (default: the model's native size).")
-    batch_size: int = field(8, "Images denoised together per forward pass, per process.")
-    groups_per_shard: int = field(16, "Prompt groups per shard (a shard holds whole groups).")
+    seed: int = field(
+        0, "Base seed; each image's seed is derived from (seed, group, index) and stored.", panel="Sampler"
+    )
+    same_noise: bool = field(
+        False, "Samples of a prompt group share their initial noise x_T (as D3PO does).", panel="Sampler"
+    )
+    height: int | None = field(
+        None, "Image height in pixels (default: the model's native size).", panel="Sampler"
+    )
+    width: int | None = field(
+        None, "Image width in pixels (default: the model's native size).", panel="Sampler"
+    )
+    batch_size: int = field(8, "Images denoised together per forward pass, per process.", panel="Run")
+    groups_per_shard: int = field(16, "Prompt groups per shard (a shard holds whole groups).", panel="Output")
     dtype: str = field(
-        "auto", "Model dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, float16, bfloat16."
+        "auto",
+        "Model dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, float16, bfloat16.",
+        panel="Run",
     )
     store_embeddings: bool = field(
         False,
         "Store prompt embeddings once per group (embeddings/*.safetensors) so training skips the text encoders.",
+        panel="Output",
     )
     resume: bool = field(
-        False, "Complete an interrupted run in --out (same settings); finished shards are kept."
+        False,
+        "Complete an interrupted run in --out (same settings); finished shards are kept.",
+        panel="Run",
+        identity=False,
     )
-    quiet: bool = field(False, "No progress bar.")
+    quiet: bool = field(False, "No progress bar.", flags=("--quiet", "-q"), panel="Run", identity=False)
 
     # -- derived ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-# settings that determine what gets generated. The batch size is one of them: denoiser kernels are not
-# batch-invariant in the last float bit (oneDNN, cuBLAS), so a sample is reproduced bit for bit by re-running
-# its batch (see prefkit.generate.regenerate); a sample alone agrees to float rounding.
-GENERATE_IDENTITY_KEYS = (
-    "model",
-    "revision",
-    "lora",
-    "prompt",
-    "prompts",
-    "samples_per_prompt",
-    "steps",
-    "guidance",
-    "negative_prompt",
-    "eta",
-    "noise_level",
-    "seed",
-    "same_noise",
-    "height",
-    "width",
-    "groups_per_shard",
-    "batch_size",
-    "dtype",
-    "store_embeddings",
-)
+# settings that determine what gets generated: every field of GenerateConfig but those marked
+# identity=False (out, resume, quiet), so that a new setting is checked on --resume unless it says otherwise.
+# The batch size is one of them: denoiser kernels are not batch-invariant in the last float bit (oneDNN,
+# cuBLAS), so a sample is reproduced bit for bit by re-running its batch (see prefkit.generate.regenerate); a
+# sample alone agrees to float rounding. The manifest's "settings" (schemas/manifest.schema.json) are these keys.
+GENERATE_IDENTITY_KEYS = keys_of(GenerateConfig, "identity")
 
 
 def load_config_file(path: str | Path, cls) -> dict[str, Any]:
@@ -186,54 +232,69 @@ def check_value(source: Any, key: Any, value: Any, hint: Any) -> Any:
 class LabelConfig:
     """Settings of ``prefkit label``: where pairwise labels come from and how pairs are formed."""
 
-    dataset: str = field(None, "Dataset folder written by `prefkit generate`.")
+    dataset: str = field(None, "Dataset folder written by `prefkit generate`.", argument=True)
     source: str = field(
         None,
         "Where labels come from: human (import --input files), annotate (the votes of `prefkit annotate`), "
         "jpeg, shapes, aesthetic, pickscore, llava, or python:module:function (your scorer of (images, prompts) -> scores).",
+        panel="Source",
     )
     input: list[str] = field(
         help="Human label file(s) to import; repeat for several (e.g. one per D3PO annotator).",
         default_factory=list,
+        panel="Source",
     )
     format: str = field(
         "auto",
         "Format of --input: auto (from extension and content), prefkit (JSONL), pickapic, d3po, csv, labelstudio, "
         "annotate (an annotations.sqlite).",
+        panel="Source",
     )
     name: str | None = field(
-        None, "Label set name: labels/NAME.jsonl (default: the source, e.g. jpeg, llava, human)."
+        None,
+        "Label set name: labels/NAME.jsonl (default: the source, e.g. jpeg, llava, human).",
+        panel="Label set",
     )
     pairs: str = field(
-        "all", "Pairs within a prompt group: all (C(n,2), D3PO), best-worst (Flow-GRPO), vs-best."
+        "all",
+        "Pairs within a prompt group: all (C(n,2), D3PO), best-worst (Flow-GRPO), vs-best.",
+        panel="Label set",
     )
-    tie_margin: float = field(0.0, "Score differences <= this are ties (label 0.5/0.5), kept in the data.")
+    tie_margin: float = field(
+        0.0, "Score differences <= this are ties (label 0.5/0.5), kept in the data.", panel="Label set"
+    )
     model: str | None = field(
         None,
         "Judge model: hub id or local folder (llava: llava-hf/llava-1.5-7b-hf; pairwise: llava-hf/llava-interleave-qwen-7b-hf).",
+        panel="Judge",
     )
-    revision: str | None = field(None, "Hub revision of the judge model.")
+    revision: str | None = field(None, "Hub revision of the judge model.", panel="Judge")
     processor: str | None = field(
-        None, "Processor hub id or folder, where it differs from --model (pickscore)."
+        None, "Processor hub id or folder, where it differs from --model (pickscore).", panel="Judge"
     )
     weights: str | None = field(
-        None, "Weights file of the judge's head (aesthetic: the LAION MLP, .pth or .safetensors)."
+        None,
+        "Weights file of the judge's head (aesthetic: the LAION MLP, .pth or .safetensors).",
+        panel="Judge",
     )
     method: str | None = field(
         None,
         "Judge method: jpeg compressibility|incompressibility; llava vqascore|pairwise (default per judge).",
+        panel="Judge",
     )
     template: str | None = field(
-        None, "Question template of a VLM judge; {prompt} is replaced by the sample's prompt."
+        None, "Question template of a VLM judge; {prompt} is replaced by the sample's prompt.", panel="Judge"
     )
-    device: str = field("cpu", "Device of the judge model: cpu, cuda, cuda:1 ...")
-    dtype: str = field("float32", "Judge model dtype: float32, float16, bfloat16.")
-    batch_size: int = field(8, "Images per judge forward pass.")
+    device: str = field("cpu", "Device of the judge model: cpu, cuda, cuda:1 ...", panel="Judge")
+    dtype: str = field("float32", "Judge model dtype: float32, float16, bfloat16.", panel="Judge")
+    batch_size: int = field(8, "Images per judge forward pass.", panel="Judge")
     strict: bool = field(
-        False, "Contradictory labels (one annotator, two choices for a pair) are an error, not a report."
+        False,
+        "Contradictory labels (one annotator, two choices for a pair) are an error, not a report.",
+        panel="Run",
     )
-    overwrite: bool = field(False, "Replace an existing label set of the same name.")
-    quiet: bool = field(False, "No progress bar.")
+    overwrite: bool = field(False, "Replace an existing label set of the same name.", panel="Run")
+    quiet: bool = field(False, "No progress bar.", flags=("--quiet", "-q"), panel="Run")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -244,39 +305,73 @@ class LoopConfig:
     """Settings of ``prefkit loop``: rounds of generate (with the current LoRA) -> label -> train, each
     round's data and adapter kept, so that an online method (DDPO, TDPO, ...) runs as offline rounds."""
 
-    out: str = field(None, "Output folder: round-NNN/{data,train}, rounds.jsonl, rewards.png.")
-    rounds: int = field(2, "Training rounds R; round R (no training) then measures the last adapter.")
-    model: str = field("tiny-shapes", "Base model, as for `prefkit generate --model`.")
-    prompt: list[str] = field(help="A prompt; repeat the flag for several.", default_factory=list)
-    prompts: str | None = field(None, "A prompt file or a built-in list, as for `prefkit generate`.")
-    samples_per_prompt: int = field(8, "Samples per prompt and round.")
-    steps: int = field(20, "Denoising steps K per trajectory.")
-    guidance: float = field(5.0, "Classifier-free guidance scale w (1 = off).")
-    noise_level: float | None = field(None, "Flow-SDE noise level a (flow models). Default 0.7.")
-    eta: float | None = field(None, "DDIM eta (DDIM models). Default 1.0.")
-    height: int | None = field(None, "Image height in pixels (default: the model's).")
-    width: int | None = field(None, "Image width in pixels (default: the model's).")
-    seed: int = field(0, "Base seed; round r generates with seed + r and trains with seed + r.")
-    generate_batch_size: int = field(8, "Images denoised together when generating.")
+    # A setting that only hands a stage its own default on takes it from that stage's config (model, steps,
+    # guidance, generate_batch_size: GenerateConfig's); the others are the loop's own choices (rounds,
+    # samples_per_prompt, seed, source, objective, max_steps, batch_size, lr). kl_coef, timestep_fraction and
+    # lora_rank default to None: prefkit train's own default (TrainConfig, which this foundation module
+    # cannot import), or the model folder's recommendation.
+
+    out: str = field(
+        None, "Output folder: round-NNN/{data,train}, rounds.jsonl, rewards.png.", path=True, panel="Rounds"
+    )
+    rounds: int = field(
+        2, "Training rounds R; round R (no training) then measures the last adapter.", panel="Rounds"
+    )
+    model: str = field(
+        GenerateConfig.model, "Base model, as for `prefkit generate --model`.", panel="Generate"
+    )
+    prompt: list[str] = field(
+        help="A prompt; repeat the flag for several.", default_factory=list, panel="Generate"
+    )
+    prompts: str | None = field(
+        None, "A prompt file or a built-in list, as for `prefkit generate`.", panel="Generate"
+    )
+    samples_per_prompt: int = field(8, "Samples per prompt and round.", panel="Generate")
+    steps: int = field(GenerateConfig.steps, "Denoising steps K per trajectory.", panel="Generate")
+    guidance: float = field(
+        GenerateConfig.guidance, "Classifier-free guidance scale w (1 = off).", panel="Generate"
+    )
+    noise_level: float | None = field(
+        None, "Flow-SDE noise level a (flow models). Default 0.7.", panel="Generate"
+    )
+    eta: float | None = field(None, "DDIM eta (DDIM models). Default 1.0.", panel="Generate")
+    height: int | None = field(None, "Image height in pixels (default: the model's).", panel="Generate")
+    width: int | None = field(None, "Image width in pixels (default: the model's).", panel="Generate")
+    seed: int = field(
+        0, "Base seed; round r generates with seed + r and trains with seed + r.", panel="Rounds"
+    )
+    generate_batch_size: int = field(
+        GenerateConfig.batch_size, "Images denoised together when generating.", panel="Generate"
+    )
     source: str = field(
         "jpeg",
         "Scorer of every round's samples: jpeg, aesthetic, pickscore, llava or python:module:function "
         "(its per-sample scores are the reward).",
+        panel="Label",
     )
-    objective: str = field("ddpo", "Training objective of each round: ddpo, tdpo, d3po or dense.")
-    max_steps: int = field(20, "Optimizer steps per round.")
-    batch_size: int = field(4, "Samples (pairs for d3po/dense) per micro-batch.")
-    lr: float = field(3e-4, "AdamW learning rate (DDPO's default 3e-4).")
-    kl_coef: float = field(0.0, "DPOK's KL coefficient (see prefkit train --kl-coef).")
-    timestep_fraction: float = field(1.0, "Fraction of each trajectory's steps trained on.")
-    lora_rank: int = field(4, "LoRA rank r.")
+    objective: str = field(
+        "ddpo", "Training objective of each round: ddpo, tdpo, d3po or dense.", panel="Train"
+    )
+    max_steps: int = field(20, "Optimizer steps per round.", panel="Train")
+    batch_size: int = field(4, "Samples (pairs for d3po/dense) per micro-batch.", panel="Train")
+    lr: float = field(3e-4, "AdamW learning rate (DDPO's default 3e-4).", panel="Train")
+    kl_coef: float | None = field(
+        None, "DPOK's KL coefficient (see prefkit train --kl-coef; default: train's).", panel="Train"
+    )
+    timestep_fraction: float | None = field(
+        None, "Fraction of each trajectory's steps trained on (default: train's).", panel="Train"
+    )
+    lora_rank: int | None = field(None, "LoRA rank r (default: train's).", panel="Train")
     train_config: str | None = field(
         None,
         "A YAML/JSON file of further `prefkit train` settings (the keys of `prefkit train --config`), "
         "applied to every round.",
+        panel="Train",
     )
-    resume: bool = field(False, "Continue in --out: finished rounds (data, labels, training) are kept.")
-    quiet: bool = field(False, "No progress bars.")
+    resume: bool = field(
+        False, "Continue in --out: finished rounds (data, labels, training) are kept.", panel="Run"
+    )
+    quiet: bool = field(False, "No progress bars.", flags=("--quiet", "-q"), panel="Run")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -286,29 +381,37 @@ class LoopConfig:
 class PublishConfig:
     """Settings of ``prefkit publish``: a Hub-ready dataset folder (pairs as parquet, shards, card)."""
 
-    dataset: str = field(None, "Dataset folder written by `prefkit generate`, labelled by `prefkit label`.")
-    repo_id: str = field(None, "Hub dataset repository OWNER/NAME (created if absent).")
-    labels: str | None = field(
-        None, "Label set published as the pairs (default: the only one in DATASET/labels)."
+    dataset: str = field(
+        None, "Dataset folder written by `prefkit generate`, labelled by `prefkit label`.", argument=True
     )
-    private: bool = field(False, "Create the repository private (an existing one keeps its visibility).")
+    repo_id: str = field(None, "Hub dataset repository OWNER/NAME (created if absent).", panel="Hub")
+    labels: str | None = field(
+        None, "Label set published as the pairs (default: the only one in DATASET/labels).", panel="Content"
+    )
+    private: bool = field(
+        False, "Create the repository private (an existing one keeps its visibility).", panel="Hub"
+    )
     dry_run: bool = field(
-        False, "Build the folder and list what would be uploaded, with sizes; no network at all."
+        False, "Build the folder and list what would be uploaded, with sizes; no network at all.", panel="Run"
     )
     staging: str | None = field(
         None,
         "Folder the Hub-ready copy is built in (default: DATASET/.publish; wiped and rebuilt on every run; "
         "kept afterwards).",
+        panel="Run",
     )
     val_fraction: float = field(
-        0.1, "Share of prompts put in the validation split (by prompt, never split); 0 = train only."
+        0.1,
+        "Share of prompts put in the validation split (by prompt, never split); 0 = train only.",
+        panel="Content",
     )
-    seed: int = field(0, "Seed of the prompt-to-split assignment.")
+    seed: int = field(0, "Seed of the prompt-to-split assignment.", panel="Content")
     license: str = field(
         "other",
         "Hub license id for the card (e.g. cc-by-4.0); default other: the images follow the model's license.",
+        panel="Content",
     )
-    quiet: bool = field(False, "No file listing.")
+    quiet: bool = field(False, "No file listing.", flags=("--quiet", "-q"), panel="Run")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -319,38 +422,52 @@ class AnnotateConfig:
     """Settings of ``prefkit annotate``: the labelling page, or (with ``export``) its votes as a label set."""
 
     dataset: str = field(
-        None, "Dataset folder written by `prefkit generate`; votes go to DATASET/annotations.sqlite."
+        None,
+        "Dataset folder written by `prefkit generate`; votes go to DATASET/annotations.sqlite.",
+        argument=True,
     )
     host: str = field(
         "127.0.0.1",
         "Address to listen on. Anything but a loopback address needs an access token (--token, or one is "
         "generated and printed).",
+        panel="Server",
     )
-    port: int = field(8765, "TCP port (0: any free port; the address is printed).")
-    per_pair: int = field(1, "Different annotators who should vote on each pair.")
+    port: int = field(8765, "TCP port (0: any free port; the address is printed).", panel="Server")
+    per_pair: int = field(1, "Different annotators who should vote on each pair.", panel="Pairs")
     token: str | None = field(
-        None, "Access token checked on every request (default: none on loopback, generated otherwise)."
+        None,
+        "Access token checked on every request (default: none on loopback, generated otherwise).",
+        panel="Server",
     )
     labels: str | None = field(
         None,
         "Annotate only the pairs of this label set (e.g. best-worst pairs of a judge); default: all pairs.",
+        panel="Pairs",
     )
     lease: float = field(
-        300.0, "Seconds a pair handed to an annotator is held for them before others may get it."
+        300.0,
+        "Seconds a pair handed to an annotator is held for them before others may get it.",
+        panel="Server",
     )
     client_leases: int | None = field(
         None,
         "Most pairs one client address may hold at once over all its annotators (each page holds 2). "
         "Default: 20, or a quarter of pairs x per-pair when that is fewer (at least 4). Behind a proxy every "
         "annotator has the proxy's address: set it to 2 x the annotators.",
+        panel="Server",
     )
     export: str | None = field(
         None,
         "Write the votes as label set NAME (labels/NAME.jsonl, as `prefkit label --source annotate`) "
         "instead of serving.",
+        panel="Export",
     )
-    overwrite: bool = field(False, "With --export: replace an existing label set of the same name.")
-    quiet: bool = field(False, "With --export: print nothing on success.")
+    overwrite: bool = field(
+        False, "With --export: replace an existing label set of the same name.", panel="Export"
+    )
+    quiet: bool = field(
+        False, "With --export: print nothing on success.", flags=("--quiet", "-q"), panel="Export"
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -365,75 +482,155 @@ class EvalConfig:
         None,
         "LoRA folder saved by prefkit train: OUT/lora, OUT/checkpoint-N, or the run folder OUT itself "
         "(its lora/); a diffusers LoRA from elsewhere works with --model.",
+        panel="Model",
     )
     out: str | None = field(
         None,
         "Output folder for report.json, samples.jsonl and grid.png (default: OUT/eval for OUT/lora, "
         "OUT/eval-checkpoint-N for a checkpoint, eval-NAME beside any other LoRA folder NAME). "
         "Must be empty or absent unless --overwrite.",
+        path=True,
+        panel="Output",
     )
     model: str | None = field(
-        None, "Base model (default: the training run's model; required for a LoRA from elsewhere)."
+        None,
+        "Base model (default: the training run's model; required for a LoRA from elsewhere).",
+        panel="Model",
     )
-    revision: str | None = field(None, "Hub revision of --model (default: the training run's).")
-    prompt: list[str] = field(help="A held-out prompt; repeat the flag for several.", default_factory=list)
+    revision: str | None = field(
+        None, "Hub revision of --model (default: the training run's).", panel="Model"
+    )
+    prompt: list[str] = field(
+        help="A held-out prompt; repeat the flag for several.", default_factory=list, panel="Prompts"
+    )
     prompts: str | None = field(
-        None, "Held-out prompts: a file (UTF-8, one a line) or a built-in list (animals, shapes)."
+        None,
+        "Held-out prompts: a file (UTF-8, one a line) or a built-in list (animals, shapes).",
+        panel="Prompts",
     )
-    samples: int = field(8, "Samples per prompt; base and tuned share each sample's seed.")
+    samples: int = field(8, "Samples per prompt; base and tuned share each sample's seed.", panel="Prompts")
     seed: int = field(
         1000,
         "Base seed: sample i of prompt p is seeded from (seed, p, i) as prefkit generate does. The default "
         "1000 keeps the noise apart from datasets generated with generate's default seed 0.",
+        panel="Prompts",
     )
-    steps: int | None = field(None, "Denoising steps (default: the training run's dataset's, else 20).")
+    steps: int | None = field(
+        None, "Denoising steps (default: the training run's dataset's, else 20).", panel="Sampler"
+    )
     guidance: float | None = field(
-        None, "Classifier-free guidance scale (default: the training run's, else 5.0)."
+        None, "Classifier-free guidance scale (default: the training run's, else 5.0).", panel="Sampler"
     )
     negative_prompt: str | None = field(
-        None, "Negative prompt (default: the training run's, else the empty prompt)."
+        None, "Negative prompt (default: the training run's, else the empty prompt).", panel="Sampler"
     )
-    eta: float | None = field(None, "DDIM eta > 0 (default: the training run's dataset's, else 1.0).")
+    eta: float | None = field(
+        None, "DDIM eta > 0 (default: the training run's dataset's, else 1.0).", panel="Sampler"
+    )
     noise_level: float | None = field(
-        None, "Flow-SDE noise level > 0 (default: the training run's dataset's, else 0.7)."
+        None, "Flow-SDE noise level > 0 (default: the training run's dataset's, else 0.7).", panel="Sampler"
     )
-    height: int | None = field(None, "Image height in pixels (default: the training run's, else native).")
-    width: int | None = field(None, "Image width in pixels (default: the training run's, else native).")
-    batch_size: int = field(8, "Images denoised together per forward pass (each of base and tuned).")
+    height: int | None = field(
+        None, "Image height in pixels (default: the training run's, else native).", panel="Sampler"
+    )
+    width: int | None = field(
+        None, "Image width in pixels (default: the training run's, else native).", panel="Sampler"
+    )
+    batch_size: int = field(
+        8, "Images denoised together per forward pass (each of base and tuned).", panel="Sampler"
+    )
     dtype: str = field(
-        "auto", "Model dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, float16, bfloat16."
+        "auto",
+        "Model dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, float16, bfloat16.",
+        panel="Sampler",
     )
     device: str = field(
-        "auto", "Device of the diffusion model: auto (cuda if available), cpu, cuda, cuda:1 ..."
+        "auto",
+        "Device of the diffusion model: auto (cuda if available), cpu, cuda, cuda:1 ...",
+        panel="Sampler",
     )
     source: str | None = field(
         None,
         "The judge: any AI or rule source of prefkit label (jpeg, aesthetic, pickscore, llava, "
         "python:module:function). A scorer scores each image; a pairwise judge compares base with tuned.",
+        panel="Judge",
     )
-    judge_model: str | None = field(None, "The judge's model, as prefkit label --model.")
-    judge_revision: str | None = field(None, "Hub revision of the judge's model.")
-    processor: str | None = field(None, "The judge's processor, as prefkit label --processor.")
-    weights: str | None = field(None, "The judge head's weights file, as prefkit label --weights.")
-    method: str | None = field(None, "The judge's method, as prefkit label --method.")
-    template: str | None = field(None, "The judge's question template, as prefkit label --template.")
-    judge_device: str | None = field(None, "Device of the judge (default: --device).")
-    judge_dtype: str = field("float32", "Judge model dtype: float32, float16, bfloat16.")
-    judge_batch_size: int = field(8, "Images (or pairs) per judge call.")
+    judge_model: str | None = field(None, "The judge's model, as prefkit label --model.", panel="Judge")
+    judge_revision: str | None = field(None, "Hub revision of the judge's model.", panel="Judge")
+    processor: str | None = field(None, "The judge's processor, as prefkit label --processor.", panel="Judge")
+    weights: str | None = field(
+        None, "The judge head's weights file, as prefkit label --weights.", panel="Judge"
+    )
+    method: str | None = field(None, "The judge's method, as prefkit label --method.", panel="Judge")
+    template: str | None = field(
+        None, "The judge's question template, as prefkit label --template.", panel="Judge"
+    )
+    judge_device: str | None = field(None, "Device of the judge (default: --device).", panel="Judge")
+    judge_dtype: str = field("float32", "Judge model dtype: float32, float16, bfloat16.", panel="Judge")
+    judge_batch_size: int = field(8, "Images (or pairs) per judge call.", panel="Judge")
     tie_margin: float | None = field(
         None,
         "Scorer judges: a tuned-minus-base score difference of at most this is a tie (default: the "
         "--tie-margin the training pairs were labelled with, else 0).",
+        panel="Judge",
     )
     kl: bool = field(
         True,
         "Estimate the per-step KL of the tuned chain from the base (the tuned chain's log-prob under "
         "the tuned minus the base denoiser): one more denoiser pass per step.",
+        flags=("--kl/--no-kl",),
+        panel="Output",
     )
     overwrite: bool = field(
-        False, "Write into a non-empty --out, replacing report.json, samples.jsonl, grid.png."
+        False, "Write into a non-empty --out, replacing report.json, samples.jsonl, grid.png.", panel="Output"
     )
-    quiet: bool = field(False, "No progress bar and no summary table.")
+    quiet: bool = field(
+        False, "No progress bar and no summary table.", flags=("--quiet", "-q"), panel="Output"
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    """Settings of ``prefkit bench``: what to time, on which model and device."""
+
+    what: str = field(
+        "all",
+        "What to measure: generate (overhead, bytes on disk), train (step cost vs a bare loop, stored vs "
+        "live, read throughput, peak memory), all, or gpu (all of it on the real-size models in bfloat16 on "
+        "CUDA, with the environment, into --json; --dry-run: tiny models on the CPU).",
+        argument=True,
+    )
+    model: str = field("tiny-sd3", "Model, as for generate.", panel="Workload")
+    device: str = field("cpu", "cpu or cuda.", panel="Workload")
+    steps: int = field(20, "Denoising steps per trajectory (training: max(2, steps // 2)).", panel="Workload")
+    batch_size: int = field(
+        8, "Images per generation batch (training: max(1, batch // 4) pairs per step).", panel="Workload"
+    )
+    repeats: int = field(5, "Interleaved measurements per side; medians are reported.", panel="Measurement")
+    dtype: str = field(
+        "auto",
+        "Model dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, float16, bfloat16.",
+        panel="Workload",
+    )
+    height: int | None = field(
+        None, "Image height in pixels (default: the model's native size).", panel="Workload"
+    )
+    width: int | None = field(
+        None, "Image width in pixels (default: the model's native size).", panel="Workload"
+    )
+    json_out: str | None = field(
+        None,
+        "Also write the figures as JSON here (bench gpu: default bench-gpu.json).",
+        flags=("--json",),
+        path=True,
+        panel="Measurement",
+    )
+    dry_run: bool = field(
+        False, "bench gpu only: run the same code on the CPU with tiny models, 1 repeat.", panel="Measurement"
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

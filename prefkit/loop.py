@@ -127,9 +127,12 @@ def _train(
             "max_steps": cfg.max_steps,
             "batch_size": cfg.batch_size,
             "lr": cfg.lr,
-            "kl_coef": cfg.kl_coef,
-            "timestep_fraction": cfg.timestep_fraction,
-            "lora_rank": cfg.lora_rank,
+            # left to prefkit train (its default, or the model folder's recommendation) unless given
+            **{
+                k: getattr(cfg, k)
+                for k in ("kl_coef", "timestep_fraction", "lora_rank")
+                if getattr(cfg, k) is not None
+            },
             "seed": cfg.seed + r,
             "checkpoint_every": 0,
             **extra,
@@ -143,7 +146,8 @@ def _train(
                 resume=train_out.is_dir() and any(train_out.iterdir()),
                 quiet=cfg.quiet,
                 **settings,
-            )
+            ),
+            given=frozenset(settings),  # the loop's own settings are not the model folder's to change
         )
     return json.loads(summary.read_text())
 

@@ -16,9 +16,9 @@ from prefkit.errors import PrefkitError
 from prefkit.training.table import OBJECTIVES, flags, objective, readers
 
 
-def _free(default: Any = None, help: str = "") -> Any:  # noqa: A002 - mirrors field()
+def _free(default: Any = None, help: str = "", **meta) -> Any:  # noqa: A002 - mirrors field()
     """A setting that may change when a run is resumed."""
-    return field(default, help, resume=False)
+    return field(default, help, resume=False, **meta)
 
 
 @dataclasses.dataclass
@@ -30,75 +30,103 @@ class CommonTrainConfig:
         "Dataset folder written by `prefkit generate`, with labels from `prefkit label`, or a dataset "
         "published by `prefkit publish` (its folder or Hub id; d3po and dense train on its train split); "
         "for diffusion-dpo any Pick-a-Pic-format dataset: such a folder, a parquet file or a Hub id.",
+        panel="Data",
+        argument=True,
     )
-    out: str = _free(None, "Output folder: LoRA, checkpoints, metrics.jsonl, config.yaml.")
+    out: str = _free(
+        None, "Output folder: LoRA, checkpoints, metrics.jsonl, config.yaml.", panel="Data", path=True
+    )
     objective: str = field(
-        "d3po", ", ".join(f"{row.name} ({row.summary})" for row in OBJECTIVES.values()) + "."
+        "d3po", ", ".join(f"{row.name} ({row.summary})" for row in OBJECTIVES.values()) + ".", panel="Data"
     )
     labels: str | None = field(
         None,
         "Label set(s) to train on, comma-separated to merge (default: the only one); ddpo/tdpo: one set "
         "with per-sample scores (labels/NAME.scores.jsonl, written by a scorer source).",
+        panel="Data",
     )
     model: str | None = field(
         None,
         "Base model (default: the dataset's model). Must be the model that sampled it "
         "(diffusion-dpo: any SD 1.x/2.x, SD3 or FLUX model; required unless the dataset names one).",
+        panel="Data",
     )
     init_lora: str | None = field(
         None,
         "Start from this LoRA (a folder saved by prefkit train: OUT/lora or OUT/checkpoint-N) instead of "
         "a fresh one; same rank and targets. The reference stays the base model.",
+        panel="Data",
     )
-    lr: float = field(3e-5, "AdamW learning rate.")
-    weight_decay: float | None = field(None, "AdamW weight decay (default: 1e-4; dense: 2e-3).")
-    adam_beta1: float = field(0.9, "AdamW beta1.")
-    adam_beta2: float = field(0.999, "AdamW beta2.")
-    lr_schedule: str = field("constant", "LR schedule after warm-up: constant, linear, cosine.")
-    warmup_steps: int = field(0, "Linear warm-up, in optimizer steps.")
-    max_grad_norm: float = field(1.0, "Gradient clipping (global L2 norm); 0 turns it off.")
-    max_steps: int = _free(100, "Optimizer steps to train.")
-    batch_size: int = field(2, "Pairs (ddpo, tdpo: samples) per process per micro-batch (per GPU).")
+    lr: float = field(3e-5, "AdamW learning rate.", panel="Optimiser")
+    weight_decay: float | None = field(
+        None, "AdamW weight decay (default: 1e-4; dense: 2e-3).", panel="Optimiser"
+    )
+    adam_beta1: float = field(0.9, "AdamW beta1.", panel="Optimiser")
+    adam_beta2: float = field(0.999, "AdamW beta2.", panel="Optimiser")
+    lr_schedule: str = field(
+        "constant", "LR schedule after warm-up: constant, linear, cosine.", panel="Optimiser"
+    )
+    warmup_steps: int = field(0, "Linear warm-up, in optimizer steps.", panel="Optimiser")
+    max_grad_norm: float = field(
+        1.0, "Gradient clipping (global L2 norm); 0 turns it off.", panel="Optimiser"
+    )
+    max_steps: int = _free(100, "Optimizer steps to train.", panel="Optimiser")
+    batch_size: int = field(
+        2, "Pairs (ddpo, tdpo: samples) per process per micro-batch (per GPU).", panel="Optimiser"
+    )
     grad_accum: int = field(
-        1, "Micro-batches per optimizer step (global batch = batch-size x processes x grad-accum)."
+        1,
+        "Micro-batches per optimizer step (global batch = batch-size x processes x grad-accum).",
+        panel="Optimiser",
     )
-    lora_rank: int = field(4, "LoRA rank r.")
-    lora_alpha: float | None = field(None, "LoRA alpha (default: the rank, i.e. scale 1).")
-    lora_dropout: float = field(0.0, "LoRA dropout.")
+    lora_rank: int = field(4, "LoRA rank r.", panel="LoRA")
+    lora_alpha: float | None = field(None, "LoRA alpha (default: the rank, i.e. scale 1).", panel="LoRA")
+    lora_dropout: float = field(0.0, "LoRA dropout.", panel="LoRA")
     lora_targets: str | None = field(
         None,
         "Comma-separated module names for LoRA (default: to_q,to_k,to_v,to_out.0; "
         "plus add_q_proj,add_k_proj,add_v_proj,to_add_out for SD3/FLUX).",
+        panel="LoRA",
     )
-    mixed_precision: str = field("no", "no, fp16 or bf16 (accelerate autocast; log-probs stay float32).")
-    gradient_checkpointing: bool = _free(False, "Recompute activations in the backward pass to save memory.")
-    seed: int = field(0, "Seed of the pair order, step sampling and LoRA initialisation.")
+    mixed_precision: str = field(
+        "no", "no, fp16 or bf16 (accelerate autocast; log-probs stay float32).", panel="Run"
+    )
+    gradient_checkpointing: bool = _free(
+        False, "Recompute activations in the backward pass to save memory.", panel="Run"
+    )
+    seed: int = field(0, "Seed of the pair order, step sampling and LoRA initialisation.", panel="Run")
     checkpoint_every: int = _free(
-        50, "Save a resumable checkpoint every N optimizer steps (0 = only at the end)."
+        50, "Save a resumable checkpoint every N optimizer steps (0 = only at the end).", panel="Run"
     )
     guidance: float | None = field(
-        None, "CFG scale inside the log-prob (default and required: the dataset's)."
+        None,
+        "CFG scale inside the log-prob (default and required: the dataset's).",
+        panel="Sampler (must match the dataset)",
     )
     negative_prompt: str | None = field(
-        None, "Negative prompt inside the log-prob (default and required: the dataset's)."
+        None,
+        "Negative prompt inside the log-prob (default and required: the dataset's).",
+        panel="Sampler (must match the dataset)",
     )
     force: bool = _free(
         False,
         "Train even when --guidance / --negative-prompt / --model differ from the dataset's (ddpo, tdpo: or "
         "the stored lp differ from the sampling policy's beyond rounding; the old policy is then live).",
+        panel="Run",
     )
     log_with: str | None = _free(
-        None, "Also log to accelerate trackers: tensorboard, wandb (comma-separated)."
+        None, "Also log to accelerate trackers: tensorboard, wandb (comma-separated).", panel="Run"
     )
-    resume: bool = _free(False, "Continue from the latest checkpoint in --out (same settings).")
-    quiet: bool = _free(False, "No live display.")
+    resume: bool = _free(False, "Continue from the latest checkpoint in --out (same settings).", panel="Run")
+    quiet: bool = _free(False, "No live display.", panel="Run", flags=("--quiet", "-q"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def _objective_field(flag) -> tuple[str, Any, Any]:
-    panel = ", ".join(readers(flag.name))
+    """A TrainConfig field of an objective flag, in the help panel of the objectives that read it."""
+    panel = "Objective: " + ", ".join(readers(flag.name))
     return flag.name, flag.type, field(flag.default, flag.help, panel=panel)
 
 
