@@ -32,7 +32,7 @@ import typer
 CONFIG_HELP = "YAML/JSON file with the same keys as these flags; flags win."
 
 # the keys of a field's metadata this module reads (prefkit.config.field writes them)
-METADATA_KEYS = ("help", "flags", "argument", "panel", "path")
+METADATA_KEYS = ("help", "flags", "argument", "panel", "path", "aliases")
 
 
 def _strip_optional(hint: Any) -> tuple[Any, bool]:
@@ -54,6 +54,9 @@ class FieldParam:
     is_argument: bool
     factory: Callable[[], Any] | None  # default_factory: the value when the option is not given
     path: bool
+    # hidden options of the old spellings (metadata "aliases"), as (parameter name, spelling)
+    aliases: tuple[tuple[str, str], ...] = ()
+    flag: str = ""  # the option's current spelling, e.g. --samples-per-prompt
 
     def to_config(self, value: Any) -> Any:
         if self.factory is not None:
@@ -101,11 +104,18 @@ def field_params(cls, overrides: Mapping[str, Mapping[str, Any]] | None = None) 
         is_argument = bool(meta.get("argument"))
         if is_argument:
             required = required or default is None
-            info = typer.Argument(help=help_text, rich_help_panel=panel, show_default=not required)
+            info = typer.Argument(
+                help=help_text, rich_help_panel=panel, show_default=not required, metavar=f.name.upper()
+            )
         else:
             names = tuple(meta.get("flags") or ("--" + f.name.replace("_", "-"),))
             info = typer.Option(
-                *names, help=help_text, rich_help_panel=panel, show_default=default is not None
+                *names,
+                help=help_text,
+                rich_help_panel=panel,
+                show_default=default is not None,
+                # a switch takes no value: no "<bool>" hint that invites `--flag true`
+                **({"metavar": ""} if kind is bool and not names[0].count("/") else {}),
             )
         if required:
             annotation, parameter_default = kind, inspect.Parameter.empty
@@ -118,14 +128,19 @@ def field_params(cls, overrides: Mapping[str, Mapping[str, Any]] | None = None) 
             default=parameter_default,
             annotation=Annotated[annotation, info],
         )
-        out.append(FieldParam(f.name, parameter, is_argument, factory, path))
+        aliases = tuple((f"_alias_{f.name}_{i}", a) for i, a in enumerate(meta.get("aliases") or ()))
+        flag = "" if is_argument else names[0].split("/")[0]
+        out.append(FieldParam(f.name, parameter, is_argument, factory, path, aliases, flag))
     if overrides:
         raise TypeError(f"{cls.__name__}: overrides name no field: {sorted(overrides)}")
     return out
 
 
-def merge_config(ctx: typer.Context, cls, config_file: Path | None, values: dict):
-    """Defaults < --config file < flags given on the command line."""
+def merge_config(
+    ctx: typer.Context, cls, config_file: Path | None, values: dict, aliased: frozenset[str] = frozenset()
+):
+    """Defaults < --config file < flags given on the command line (``aliased``: fields given by an old
+    spelling, which count as given on the command line)."""
     from prefkit.config import load_config_file
 
     merged = dict(values)
@@ -134,7 +149,7 @@ def merge_config(ctx: typer.Context, cls, config_file: Path | None, values: dict
         for key, value in from_file.items():
             # typer vendors its own click: compare the source by name, not by enum class
             source = ctx.get_parameter_source(key)
-            if getattr(source, "name", None) != "COMMANDLINE":
+            if getattr(source, "name", None) != "COMMANDLINE" and key not in aliased:
                 merged[key] = value
     return cls(**merged)
 
@@ -149,15 +164,17 @@ class Invocation:
     config_file: Path | None  # --config FILE, or None
     extra: dict[str, Any]  # the values of the command's extra parameters, by name
 
+    aliased: frozenset[str] = frozenset()  # fields given by an old spelling (a hidden alias)
+
     def resolve(self):
         """The config: defaults < --config file < flags given on the command line."""
-        return merge_config(self.ctx, self.cls, self.config_file, self.values)
+        return merge_config(self.ctx, self.cls, self.config_file, self.values, self.aliased)
 
     def given(self) -> frozenset[str]:
         """The settings the user gave: on the command line or in the --config file (not defaulted)."""
         names = {
             k for k in self.values if getattr(self.ctx.get_parameter_source(k), "name", None) == "COMMANDLINE"
-        }
+        } | self.aliased
         if self.config_file is not None:
             from prefkit.config import load_config_file
 
@@ -193,6 +210,19 @@ def config_command(
     options = [p.parameter for p in fields if not p.is_argument]
     params = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)]
     params += arguments + list(extra) + options
+    for p in fields:  # the old spellings: hidden, same type, no default
+        kind = typing.get_args(p.parameter.annotation)[0]
+        for param_name, spelling in p.aliases:
+            hidden = typer.Option(spelling, hidden=True)
+            kind_opt = kind if kind is bool else kind | None
+            params.append(
+                inspect.Parameter(
+                    param_name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=None if kind is not bool else False,
+                    annotation=Annotated[kind_opt, hidden],
+                )
+            )
     if config_file:
         option = typer.Option("--config", help=CONFIG_HELP)
         params.append(
@@ -211,8 +241,21 @@ def config_command(
             ctx = kwargs.pop("ctx")
             config = kwargs.pop("config", None)
             extras = {k: kwargs.pop(k) for k in extra_names}
+            aliased = set()
+            for p in fields:
+                for param_name, spelling in p.aliases:
+                    value = kwargs.pop(param_name)
+                    if value is None or value is False:
+                        continue
+                    if getattr(ctx.get_parameter_source(p.name), "name", None) == "COMMANDLINE":
+                        raise typer.BadParameter(
+                            f"{spelling} is an old spelling of {p.flag}: give one of them"
+                        )
+                    kwargs[p.name] = value
+                    aliased.add(p.name)
+                    _note_alias(spelling, p.flag)
             values = {k: by_name[k].to_config(v) for k, v in kwargs.items()}
-            return body(Invocation(ctx, cls, values, config, extras))
+            return body(Invocation(ctx, cls, values, config, extras, frozenset(aliased)))
 
         command.__name__ = command.__qualname__ = body.__name__
         command.__doc__ = body.__doc__
@@ -223,3 +266,12 @@ def config_command(
         return command
 
     return register
+
+
+def _note_alias(spelling: str, flag: str) -> None:
+    import sys
+
+    print(
+        f"prefkit: note: {spelling} is now {flag} (the old spelling is accepted for one release)",
+        file=sys.stderr,
+    )

@@ -92,7 +92,12 @@ _STATS_DATASET = inspect.Parameter(
     inspect.Parameter.KEYWORD_ONLY,
     default=None,
     annotation=Annotated[
-        str | None, typer.Argument(help="With `stats`: the dataset folder.", show_default=False)
+        str | None,
+        typer.Argument(
+            help="With `stats` as the first argument: the dataset folder.",
+            show_default=False,
+            metavar="STATS_DATASET",
+        ),
     ],
 )
 

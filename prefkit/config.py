@@ -6,6 +6,7 @@ on the command line override it; the resolved config is saved in the output fold
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import typing
@@ -25,6 +26,7 @@ def field(
     path: bool | None = None,
     identity: bool | None = None,
     resume: bool | None = None,
+    aliases: tuple[str, ...] | None = None,
     **kw,
 ) -> Any:
     """A config field, declared once: its type and default (the dataclass's), its help, and how the
@@ -37,7 +39,9 @@ def field(
     - ``path``: the command line shows and parses it as a path (the config still holds a str);
     - ``identity``: False leaves the field out of ``keys_of(cls, "identity")``, the settings a resumed
       run must share (``GENERATE_IDENTITY_KEYS``). A field says so only to be left out: a new one is checked;
-    - ``resume``: False lets the field change when a training run is resumed (``RESUME_KEYS``).
+    - ``resume``: False lets the field change when a training run is resumed (``RESUME_KEYS``);
+    - ``aliases``: old spellings of the option, accepted (hidden, with a note) for one release, also as
+      ``--config`` keys.
     """
     meta: dict[str, Any] = {"help": help}
     given = {
@@ -47,6 +51,7 @@ def field(
         "path": path,
         "identity": identity,
         "resume": resume,
+        "aliases": aliases,
     }
     meta.update({k: v for k, v in given.items() if v is not None})
     if "default_factory" in kw:
@@ -178,10 +183,16 @@ def load_config_file(path: str | Path, cls) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise PrefkitError(f"--config {path}: expected a mapping of option names to values")
     names = {f.name for f in dataclasses.fields(cls)}
+    old = {  # old spellings (a field's aliases) -> the field
+        a.lstrip("-").replace("-", "_"): f.name
+        for f in dataclasses.fields(cls)
+        for a in f.metadata.get("aliases", ())
+    }
     hints = typing.get_type_hints(cls)
     out = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
+        name = old.get(name, name) if name not in names else name
         if name not in names:
             raise PrefkitError(
                 f"--config {path}: unknown key {key!r}; known keys: {', '.join(sorted(n.replace('_', '-') for n in names))}"
@@ -209,6 +220,10 @@ def check_value(source: Any, key: Any, value: Any, hint: Any) -> Any:
         return None
     kind = next((a for a in args if a is not type(None)), hint) if args else hint
     kind = typing.get_origin(kind) or kind
+    if isinstance(value, str) and kind in (int, float):
+        # YAML 1.1 reads 1e-3 (no dot) as a string: a number written as text is taken as the number
+        with contextlib.suppress(ValueError):
+            value = kind(value.strip())
     if kind is bool:
         ok = isinstance(value, bool)
     elif kind is int:
@@ -263,14 +278,17 @@ class LabelConfig:
     tie_margin: float = field(
         0.0, "Score differences <= this are ties (label 0.5/0.5), kept in the data.", panel="Label set"
     )
-    model: str | None = field(
+    judge_model: str | None = field(
         None,
         "Judge model: hub id or local folder (llava: llava-hf/llava-1.5-7b-hf; pairwise: llava-hf/llava-interleave-qwen-7b-hf).",
         panel="Judge",
+        aliases=("--model",),
     )
-    revision: str | None = field(None, "Hub revision of the judge model.", panel="Judge")
+    judge_revision: str | None = field(
+        None, "Hub revision of the judge model.", panel="Judge", aliases=("--revision",)
+    )
     processor: str | None = field(
-        None, "Processor hub id or folder, where it differs from --model (pickscore).", panel="Judge"
+        None, "Processor hub id or folder, where it differs from --judge-model (pickscore).", panel="Judge"
     )
     weights: str | None = field(
         None,
@@ -508,7 +526,12 @@ class EvalConfig:
         "Held-out prompts: a file (UTF-8, one a line) or a built-in list (animals, shapes).",
         panel="Prompts",
     )
-    samples: int = field(8, "Samples per prompt; base and tuned share each sample's seed.", panel="Prompts")
+    samples_per_prompt: int = field(
+        8,
+        "Samples per prompt; base and tuned share each sample's seed.",
+        panel="Prompts",
+        aliases=("--samples",),
+    )
     seed: int = field(
         1000,
         "Base seed: sample i of prompt p is seeded from (seed, p, i) as prefkit generate does. The default "

@@ -262,7 +262,7 @@ def fill_defaults(cfg: EvalConfig, origin: Origin) -> tuple[EvalConfig, list[str
 
 
 def validate(cfg: EvalConfig) -> None:
-    for name in ("samples", "batch_size", "judge_batch_size"):
+    for name in ("samples_per_prompt", "batch_size", "judge_batch_size"):
         if getattr(cfg, name) < 1:
             raise PrefkitError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
     if cfg.steps is not None and cfg.steps < 1:
@@ -302,8 +302,8 @@ def make_eval_judge(cfg: EvalConfig, device: torch.device):
 
     label_cfg = LabelConfig(
         source=cfg.source,
-        model=cfg.judge_model,
-        revision=cfg.judge_revision,
+        judge_model=cfg.judge_model,
+        judge_revision=cfg.judge_revision,
         processor=cfg.processor,
         weights=cfg.weights,
         method=cfg.method,
@@ -524,7 +524,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         revision=values["revision"],
         lora=str(origin.lora),
         prompt=prompts,
-        samples_per_prompt=cfg.samples,
+        samples_per_prompt=cfg.samples_per_prompt,
         seed=cfg.seed,
         batch_size=cfg.batch_size,
         dtype=cfg.dtype,
@@ -545,7 +545,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     kept: dict[tuple[int, int], tuple] = {}
     seconds = {"sampling": 0.0, "kl": 0.0, "judging": 0.0}
-    total = num_groups * cfg.samples
+    total = num_groups * cfg.samples_per_prompt
     with progress(not cfg.quiet, total, "eval", "pairs") as advance:
         for batch in batches:
             t0 = time.perf_counter()
@@ -619,7 +619,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         },
         "settings": {
             **{k: values[k] for k in SAMPLER_KEYS},
-            "samples_per_prompt": cfg.samples,
+            "samples_per_prompt": cfg.samples_per_prompt,
             "seed": cfg.seed,
             "batch_size": cfg.batch_size,
             "prompts": len(prompts),

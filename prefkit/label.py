@@ -160,8 +160,8 @@ def judge_options(cfg: LabelConfig):
 
     return JudgeOptions(
         source=cfg.source,
-        model=cfg.model,
-        revision=cfg.revision,
+        model=cfg.judge_model,
+        revision=cfg.judge_revision,
         processor=cfg.processor,
         weights=cfg.weights,
         method=cfg.method,

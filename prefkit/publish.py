@@ -119,7 +119,12 @@ def run_publish(cfg, api=None) -> dict[str, Any]:
     """
     if not cfg.dataset:
         raise PrefkitError("publish: give the dataset folder")
-    if not cfg.repo_id or not REPO_ID.fullmatch(cfg.repo_id):
+    if not cfg.repo_id:
+        raise PrefkitError(
+            "--repo-id is required, also with --dry-run (the dataset card and the Hub layout name it): "
+            "OWNER/NAME, e.g. --repo-id me/my-preferences"
+        )
+    if not REPO_ID.fullmatch(cfg.repo_id):
         raise PrefkitError(f"--repo-id {cfg.repo_id!r}: expected OWNER/NAME (letters, digits, '-', '_', '.')")
     if not LICENSE_ID.fullmatch(cfg.license or ""):
         raise PrefkitError(

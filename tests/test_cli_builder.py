@@ -165,7 +165,11 @@ def test_every_command_option_is_a_config_field_with_its_default():
             assert name == "version"
             continue
         fields = {f.name: f for f in dataclasses.fields(cls)}
-        params = {p.name: p for p in command.params if p.name not in ("config", "help", "stats_dataset")}
+        params = {
+            p.name: p
+            for p in command.params
+            if p.name not in ("config", "help", "stats_dataset") and not p.name.startswith("_alias_")
+        }
         assert set(params) == set(fields), name
         for key, p in params.items():
             f = fields[key]
@@ -208,3 +212,40 @@ def test_flags_short_options_and_arguments_as_before():
     assert positional["label"] == ["dataset", "stats_dataset"]
     assert positional["train"] == positional["annotate"] == positional["publish"] == ["dataset"]
     assert positional["bench"] == ["what"] and positional["generate"] == positional["eval"] == []
+
+
+def test_old_spellings_are_hidden_aliases_with_a_note(tmp_path):
+    """eval --samples is now --samples-per-prompt, label --model is --judge-model: the old spellings work
+    (command line and --config), hidden from --help, with a note; both at once is an error."""
+    from typer.testing import CliRunner
+
+    from prefkit.cli.main import app
+    from prefkit.config import EvalConfig, load_config_file
+
+    runner = CliRunner()
+    help_text = runner.invoke(app, ["eval", "--help"]).output
+    assert "--samples-per-prompt" in help_text and "--samples " not in help_text
+    res = runner.invoke(app, ["eval", "--lora", str(tmp_path / "none"), "--samples", "0"])
+    assert res.exit_code == 2
+    assert "--samples is read as --samples-per-prompt" in res.stderr
+    res = runner.invoke(app, ["eval", "--samples", "1", "--samples-per-prompt", "2"])
+    assert res.exit_code == 2 and "old spelling" in res.output + res.stderr
+    # diffusers' script names for train's settings
+    res = runner.invoke(
+        app, ["train", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--learning_rate", "1e-3"]
+    )
+    assert res.exit_code == 2 and "--learning_rate is read as --lr" in res.stderr
+    (tmp_path / "c.yaml").write_text("samples: 3\n")
+    assert load_config_file(tmp_path / "c.yaml", EvalConfig) == {"samples_per_prompt": 3}
+
+
+def test_yaml_numbers_written_without_a_dot_are_numbers(tmp_path):
+    """PyYAML reads 1e-3 as a string; a number-typed setting takes it as the number."""
+    from prefkit.config import load_config_file
+    from prefkit.training.config import TrainConfig
+
+    (tmp_path / "c.yaml").write_text("lr: 1e-3\nmax-steps: '20'\n")
+    assert load_config_file(tmp_path / "c.yaml", TrainConfig) == {"lr": 1e-3, "max_steps": 20}
+    (tmp_path / "bad.yaml").write_text("lr: fast\n")
+    with pytest.raises(Exception, match="lr: expected a number, got 'fast'"):
+        load_config_file(tmp_path / "bad.yaml", TrainConfig)

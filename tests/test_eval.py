@@ -289,7 +289,9 @@ def test_bad_input_exits_2_naming_the_thing(zero_lora, tiny_models, cli, tmp_pat
     fails(["--lora", tmp_path / "empty", "--out", out], "pytorch_lora_weights.safetensors", "empty")
     fails(["--lora", zero_lora, "--out", out], "--model is required", "no training run found")
     model = ["--model", tiny_models["sd3"], "--out", out]
-    fails(["--lora", zero_lora, *model, "--samples", 0], "--samples 0")
+    fails(
+        ["--lora", zero_lora, *model, "--samples", 0], "--samples-per-prompt 0"
+    )  # the old spelling still works
     fails(["--lora", zero_lora, "--model", tiny_models["ddim"], "--out", out], "does not fit", "unet")
     res = cli([*base, "--lora", zero_lora, *model[:2], "--out", out, "--source", "nosuchjudge"])
     assert res.exit_code == 2 and "nosuchjudge" in res.output and "unknown" in res.output
@@ -332,7 +334,7 @@ def test_untrained_lora_other_families(tiny_models, family, tmp_path):
             lora=str(tmp_path / "lora"),
             model=tiny_models[family],
             prompt=["a red circle"],
-            samples=2,
+            samples_per_prompt=2,
             steps=2,
             source=SCORER,
             quiet=True,

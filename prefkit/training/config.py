@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from prefkit.config import field
+from prefkit.config import field, keys_of
 from prefkit.errors import PrefkitError
 from prefkit.training.table import OBJECTIVES, flags, objective, readers
 
@@ -23,7 +23,9 @@ def _free(default: Any = None, help: str = "", **meta) -> Any:  # noqa: A002 - m
 
 @dataclasses.dataclass
 class CommonTrainConfig:
-    """Settings every objective reads. Defaults follow D3PO and Yang et al. 2024, docs/math.md section 11."""
+    """Settings every objective reads. Defaults follow D3PO and Yang et al. 2024, docs/math.md section 11.
+    The aliases are the names diffusers' training scripts use (--learning_rate, --max_train_steps,
+    --report_to ...): accepted, hidden, with a note."""
 
     dataset: str = field(
         None,
@@ -34,7 +36,11 @@ class CommonTrainConfig:
         argument=True,
     )
     out: str = _free(
-        None, "Output folder: LoRA, checkpoints, metrics.jsonl, config.yaml.", panel="Data", path=True
+        None,
+        "Output folder: LoRA, checkpoints, metrics.jsonl, config.yaml.",
+        panel="Data",
+        path=True,
+        aliases=("--output_dir",),
     )
     objective: str = field(
         "d3po", ", ".join(f"{row.name} ({row.summary})" for row in OBJECTIVES.values()) + ".", panel="Data"
@@ -50,6 +56,7 @@ class CommonTrainConfig:
         "Base model (default: the dataset's model). Must be the model that sampled it "
         "(diffusion-dpo: any SD 1.x/2.x, SD3 or FLUX model; required unless the dataset names one).",
         panel="Data",
+        aliases=("--pretrained_model_name_or_path",),
     )
     init_lora: str | None = field(
         None,
@@ -57,29 +64,48 @@ class CommonTrainConfig:
         "a fresh one; same rank and targets. The reference stays the base model.",
         panel="Data",
     )
-    lr: float = field(3e-5, "AdamW learning rate.", panel="Optimiser")
+    lr: float = field(
+        3e-5, "AdamW learning rate.", panel="Optimiser", aliases=("--learning_rate", "--learning-rate")
+    )
     weight_decay: float | None = field(
-        None, "AdamW weight decay (default: 1e-4; dense: 2e-3).", panel="Optimiser"
+        None,
+        "AdamW weight decay (default: 1e-4; dense: 2e-3).",
+        panel="Optimiser",
+        aliases=("--adam_weight_decay",),
     )
-    adam_beta1: float = field(0.9, "AdamW beta1.", panel="Optimiser")
-    adam_beta2: float = field(0.999, "AdamW beta2.", panel="Optimiser")
+    adam_beta1: float = field(0.9, "AdamW beta1.", panel="Optimiser", aliases=("--adam_beta1",))
+    adam_beta2: float = field(0.999, "AdamW beta2.", panel="Optimiser", aliases=("--adam_beta2",))
     lr_schedule: str = field(
-        "constant", "LR schedule after warm-up: constant, linear, cosine.", panel="Optimiser"
+        "constant",
+        "LR schedule after warm-up: constant, linear, cosine.",
+        panel="Optimiser",
+        aliases=("--lr_scheduler",),
     )
-    warmup_steps: int = field(0, "Linear warm-up, in optimizer steps.", panel="Optimiser")
+    warmup_steps: int = field(
+        0, "Linear warm-up, in optimizer steps.", panel="Optimiser", aliases=("--lr_warmup_steps",)
+    )
     max_grad_norm: float = field(
-        1.0, "Gradient clipping (global L2 norm); 0 turns it off.", panel="Optimiser"
+        1.0,
+        "Gradient clipping (global L2 norm); 0 turns it off.",
+        panel="Optimiser",
+        aliases=("--max_grad_norm",),
     )
-    max_steps: int = _free(100, "Optimizer steps to train.", panel="Optimiser")
+    max_steps: int = _free(
+        100, "Optimizer steps to train.", panel="Optimiser", aliases=("--max_train_steps",)
+    )
     batch_size: int = field(
-        2, "Pairs (ddpo, tdpo: samples) per process per micro-batch (per GPU).", panel="Optimiser"
+        2,
+        "Pairs (ddpo, tdpo: samples) per process per micro-batch (per GPU).",
+        panel="Optimiser",
+        aliases=("--train_batch_size",),
     )
     grad_accum: int = field(
         1,
         "Micro-batches per optimizer step (global batch = batch-size x processes x grad-accum).",
         panel="Optimiser",
+        aliases=("--gradient_accumulation_steps",),
     )
-    lora_rank: int = field(4, "LoRA rank r.", panel="LoRA")
+    lora_rank: int = field(4, "LoRA rank r.", panel="LoRA", aliases=("--rank",))
     lora_alpha: float | None = field(None, "LoRA alpha (default: the rank, i.e. scale 1).", panel="LoRA")
     lora_dropout: float = field(0.0, "LoRA dropout.", panel="LoRA")
     lora_targets: str | None = field(
@@ -89,14 +115,23 @@ class CommonTrainConfig:
         panel="LoRA",
     )
     mixed_precision: str = field(
-        "no", "no, fp16 or bf16 (accelerate autocast; log-probs stay float32).", panel="Run"
+        "no",
+        "no, fp16 or bf16 (accelerate autocast; log-probs stay float32).",
+        panel="Run",
+        aliases=("--mixed_precision",),
     )
     gradient_checkpointing: bool = _free(
-        False, "Recompute activations in the backward pass to save memory.", panel="Run"
+        False,
+        "Recompute activations in the backward pass to save memory.",
+        panel="Run",
+        aliases=("--gradient_checkpointing",),
     )
     seed: int = field(0, "Seed of the pair order, step sampling and LoRA initialisation.", panel="Run")
     checkpoint_every: int = _free(
-        50, "Save a resumable checkpoint every N optimizer steps (0 = only at the end).", panel="Run"
+        50,
+        "Save a resumable checkpoint every N optimizer steps (0 = only at the end).",
+        panel="Run",
+        aliases=("--checkpointing_steps",),
     )
     guidance: float | None = field(
         None,
@@ -115,7 +150,10 @@ class CommonTrainConfig:
         panel="Run",
     )
     log_with: str | None = _free(
-        None, "Also log to accelerate trackers: tensorboard, wandb (comma-separated).", panel="Run"
+        None,
+        "Also log to accelerate trackers: tensorboard, wandb (comma-separated).",
+        panel="Run",
+        aliases=("--report_to",),
     )
     resume: bool = _free(False, "Continue from the latest checkpoint in --out (same settings).", panel="Run")
     quiet: bool = _free(False, "No live display.", panel="Run", flags=("--quiet", "-q"))
@@ -141,7 +179,7 @@ TrainConfig = dataclasses.make_dataclass(
 )
 
 # the settings a resumed run must share with the interrupted one
-RESUME_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("resume", True))
+RESUME_KEYS = keys_of(TrainConfig, "resume")
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
@@ -153,6 +191,14 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         )
     if not cfg.out:
         raise PrefkitError("--out is required: where the LoRA, checkpoints and metrics go")
+    # choices are case-insensitive: --objective D3PO, --mixed-precision BF16
+    cfg = dataclasses.replace(
+        cfg,
+        **{
+            k: getattr(cfg, k).strip().lower()
+            for k in ("objective", "reference", "old_policy", "mixed_precision", "lr_schedule")
+        },
+    )
     row = objective(cfg.objective)
     choices = {
         "reference": ("live", "stored"),
