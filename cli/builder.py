@@ -272,6 +272,6 @@ def _note_alias(spelling: str, flag: str) -> None:
     import sys
 
     print(
-        f"prefkit: note: {spelling} is now {flag} (the old spelling is accepted for one release)",
+        f"prefkit: note: {spelling} is read as {flag} (another spelling of it, accepted for now)",
         file=sys.stderr,
     )
