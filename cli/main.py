@@ -259,6 +259,31 @@ def bench(args: Invocation) -> None:
 
 
 @app.command()
+def env(
+    json_out: Annotated[bool, typer.Option("--json", help="Print it as JSON.", metavar="")] = False,
+) -> None:
+    """Print what prefkit runs with here: versions (prefkit, torch, CUDA, diffusers ...), the CPU and
+    GPUs, bfloat16 support, installed trackers; paste it into a bug report."""
+    import json
+
+    from prefkit.environment import environment
+
+    info = environment()
+    if json_out:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    libs = info.pop("libraries")
+    trackers = info.pop("trackers")
+    for key, value in info.items():
+        typer.echo(f"{key:15} {(', '.join(value) or 'none') if isinstance(value, list) else value}")
+    for key, value in libs.items():
+        if key not in info:
+            typer.echo(f"{key:15} {value or 'not installed'}")
+    installed = [t for t, ok in trackers.items() if ok]
+    typer.echo(f"{'trackers':15} {', '.join(installed) or 'none'} (pip install 'prefkit[trackers]')")
+
+
+@app.command()
 def version() -> None:
     """Print prefkit's version."""
     from prefkit import __version__

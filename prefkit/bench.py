@@ -363,7 +363,6 @@ def bench_train(
     the live step time is reported next to the bare loop for scale, and read throughput is taken
     against the live run's consumption.
     """
-    import contextlib
     import tempfile
     from pathlib import Path
 
@@ -769,44 +768,9 @@ DRY_PLAN = (
 
 def environment(device: str) -> dict[str, Any]:
     """What a figure depends on: date, device, library versions, the commit measured."""
-    import datetime
-    import platform
-    import subprocess
-    from pathlib import Path
+    from prefkit.environment import environment as describe
 
-    import diffusers
-
-    from prefkit import __version__
-
-    if device == "cuda":
-        name = torch.cuda.get_device_name(0)
-    else:
-        name = platform.processor() or platform.machine()
-        with contextlib.suppress(OSError):
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    commit = None
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        res = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=Path(__file__).parent,
-        )
-        commit = res.stdout.strip() or None
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device,
-        "device_name": name,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "diffusers": diffusers.__version__,
-        "prefkit": __version__,
-        "commit": commit,
-    }
+    return describe(device)
 
 
 def run_gpu_bench(dry_run: bool = False, repeats: int = 3, on_figures=None) -> dict[str, Any]:

@@ -137,6 +137,12 @@ class GenerateConfig:
         "Model dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, float16, bfloat16.",
         panel="Run",
     )
+    device: str = field(
+        "auto",
+        "Where the model runs: auto (CUDA when present, else the CPU), cpu or cuda; several GPUs: accelerate launch.",
+        panel="Run",
+        identity=False,
+    )
     store_embeddings: bool = field(
         False,
         "Store prompt embeddings once per group (embeddings/*.safetensors) so training skips the text encoders.",
@@ -303,7 +309,11 @@ class LabelConfig:
     template: str | None = field(
         None, "Question template of a VLM judge; {prompt} is replaced by the sample's prompt.", panel="Judge"
     )
-    device: str = field("cpu", "Device of the judge model: cpu, cuda, cuda:1 ...", panel="Judge")
+    device: str = field(
+        "auto",
+        "Device of the judge model: auto (CUDA when present, else the CPU), cpu, cuda, cuda:1 ...",
+        panel="Judge",
+    )
     dtype: str = field("float32", "Judge model dtype: float32, float16, bfloat16.", panel="Judge")
     batch_size: int = field(8, "Images per judge forward pass.", panel="Judge")
     strict: bool = field(
@@ -367,6 +377,25 @@ class LoopConfig:
         "(its per-sample scores are the reward).",
         panel="Label",
     )
+    # the judge's options, as prefkit label's (checked before round 0)
+    judge_model: str | None = field(None, "The judge's model, as prefkit label --judge-model.", panel="Label")
+    judge_revision: str | None = field(None, "Hub revision of the judge's model.", panel="Label")
+    processor: str | None = field(None, "The judge's processor, as prefkit label --processor.", panel="Label")
+    weights: str | None = field(
+        None, "The judge head's weights file, as prefkit label --weights.", panel="Label"
+    )
+    method: str | None = field(None, "The judge's method, as prefkit label --method.", panel="Label")
+    template: str | None = field(
+        None, "The judge's question template, as prefkit label --template.", panel="Label"
+    )
+    judge_device: str | None = field(None, "Device of the judge (default: --device).", panel="Label")
+    judge_dtype: str = field("float32", "Judge model dtype: float32, float16, bfloat16.", panel="Label")
+    judge_batch_size: int = field(8, "Images per judge forward pass.", panel="Label")
+    tie_margin: float = field(
+        0.0,
+        "Score differences <= this are ties (d3po/dense pairs), as prefkit label --tie-margin.",
+        panel="Label",
+    )
     objective: str = field(
         "ddpo", "Training objective of each round: ddpo, tdpo, d3po or dense.", panel="Train"
     )
@@ -385,6 +414,11 @@ class LoopConfig:
         "A YAML/JSON file of further `prefkit train` settings (the keys of `prefkit train --config`), "
         "applied to every round.",
         panel="Train",
+    )
+    device: str = field(
+        "auto",
+        "Where the model runs: auto (CUDA when present, else the CPU), cpu or cuda; several GPUs: accelerate launch.",
+        panel="Run",
     )
     resume: bool = field(
         False, "Continue in --out: finished rounds (data, labels, training) are kept.", panel="Run"

@@ -11,14 +11,30 @@ from __future__ import annotations
 
 from prefkit.errors import PrefkitError
 
+DEVICES = ("auto", "cpu", "cuda")
 
-def launch_world() -> tuple[int, bool]:
-    """(processes the launcher started, whether accelerate must be told to use the CPU)."""
+
+def launch_world(device: str = "auto") -> tuple[int, bool]:
+    """(processes the launcher started, whether accelerate must be told to use the CPU). ``device``
+    (--device): auto = CUDA when present, as accelerate decides; cpu forces the CPU; cuda requires it."""
     import torch
     from accelerate.utils import get_int_from_env, parse_flag_from_env
 
+    if device not in DEVICES:
+        raise PrefkitError(
+            f"--device {device}: choose auto, cpu or cuda (pick the GPUs with CUDA_VISIBLE_DEVICES and "
+            "accelerate launch)"
+        )
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PrefkitError(
+            "--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False)"
+        )
     world = get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
-    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or (world > 1 and not torch.cuda.is_available())
+    cpu = (
+        device == "cpu"
+        or parse_flag_from_env("ACCELERATE_USE_CPU")
+        or (world > 1 and not torch.cuda.is_available())
+    )
     return world, cpu
 
 

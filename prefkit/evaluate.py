@@ -285,14 +285,9 @@ def validate(cfg: EvalConfig) -> None:
 
 
 def eval_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise PrefkitError(
-            f"--device {name!r}: not a torch device (auto, cpu, cuda, cuda:1, ...): {exc}"
-        ) from exc
+    from prefkit.judges.common import torch_device
+
+    return torch_device(name)
 
 
 def make_eval_judge(cfg: EvalConfig, device: torch.device):

@@ -150,13 +150,14 @@ def setup(cfg: GenerateConfig, device) -> Setup:
     return Setup(resolved, pipe, family, settings, prompts, noise_name)
 
 
-def process_state():
-    """accelerate's ``PartialState`` for this process, on the CPU where it must be (prefkit.distributed)."""
+def process_state(device: str = "auto"):
+    """accelerate's ``PartialState`` for this process, on the CPU where it must be or where ``device``
+    (--device) says so (prefkit.distributed)."""
     from accelerate import PartialState
 
     from prefkit.distributed import check_world, launch_world
 
-    world, cpu = launch_world()
+    world, cpu = launch_world(device)
     state = PartialState(cpu=cpu)
     check_world(state.num_processes, world)
     return state
@@ -171,7 +172,7 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
     validate_numbers(cfg)
     resolve_prompts(cfg.prompt, cfg.prompts)
     check_out_dir(out, cfg.resume)
-    state = process_state()
+    state = process_state(cfg.device)
     su = setup(cfg, state.device)
     pipe, family, settings, prompts, noise_name = su.pipe, su.family, su.settings, su.prompts, su.noise_name
     noise, height, width, dtype_name = settings.noise, settings.height, settings.width, su.cfg.dtype

@@ -48,6 +48,7 @@ def run_loop(cfg: LoopConfig) -> list[dict[str, Any]]:
         raise PrefkitError("--out is required: the folder of the rounds")
     if cfg.rounds < 1:
         raise PrefkitError(f"--rounds {cfg.rounds}: must be at least 1")
+    cfg = dataclasses.replace(cfg, objective=cfg.objective.strip().lower())
     if cfg.objective not in OBJECTIVES:
         raise PrefkitError(f"--objective {cfg.objective}: choose {', '.join(OBJECTIVES)}")
     if not cfg.prompt and not cfg.prompts:
@@ -59,6 +60,7 @@ def run_loop(cfg: LoopConfig) -> list[dict[str, Any]]:
         if key in extra:
             raise PrefkitError(f"--train-config {cfg.train_config}: {key} is set by the loop itself")
     name = default_name(cfg.source)
+    check_judge(cfg)  # a judge that cannot run stops the loop before round 0, not after it
     out.mkdir(parents=True, exist_ok=True)
     write_yaml(out / "config.yaml", dataclasses.asdict(cfg))
     records: list[dict[str, Any]] = []
@@ -100,6 +102,7 @@ def _generate(cfg: LoopConfig, data: Path, lora: Path | None, r: int) -> None:
             height=cfg.height,
             width=cfg.width,
             batch_size=cfg.generate_batch_size,
+            device=cfg.device,
             resume=data.is_dir() and any(data.iterdir()),
             quiet=cfg.quiet,
         )
@@ -112,7 +115,39 @@ def _label(cfg: LoopConfig, data: Path, name: str) -> None:
 
     if name in label_sets(data):
         return
-    run_label(LabelConfig(dataset=str(data), source=cfg.source, name=name, overwrite=True, quiet=cfg.quiet))
+    run_label(label_config(cfg, data, name))
+
+
+def label_config(cfg: LoopConfig, data: Path, name: str) -> LabelConfig:
+    """prefkit label's settings for a round: the loop's source and judge options."""
+    return LabelConfig(
+        dataset=str(data),
+        source=cfg.source,
+        name=name,
+        tie_margin=cfg.tie_margin,
+        judge_model=cfg.judge_model,
+        judge_revision=cfg.judge_revision,
+        processor=cfg.processor,
+        weights=cfg.weights,
+        method=cfg.method,
+        template=cfg.template,
+        device=cfg.judge_device or cfg.device,
+        dtype=cfg.judge_dtype,
+        batch_size=cfg.judge_batch_size,
+        overwrite=True,
+        quiet=cfg.quiet,
+    )
+
+
+def check_judge(cfg: LoopConfig) -> None:
+    """Build the judge once before round 0, so that a missing --weights or an unloadable model stops the
+    loop before anything is generated (each round's prefkit label builds it again)."""
+    from prefkit.judges import make_judge
+    from prefkit.label import judge_options, source_kind
+
+    if source_kind(cfg.source) == "human":
+        raise PrefkitError(f"--source {cfg.source}: the loop needs a judge it runs on each round's samples")
+    make_judge(judge_options(label_config(cfg, Path(cfg.out), "check")))
 
 
 def _train(
@@ -145,6 +180,7 @@ def _train(
                 init_lora=str(lora) if lora else None,
                 resume=train_out.is_dir() and any(train_out.iterdir()),
                 quiet=cfg.quiet,
+                device=cfg.device,
                 **settings,
             ),
             given=frozenset(settings),  # the loop's own settings are not the model folder's to change

@@ -162,7 +162,7 @@ def test_every_command_option_is_a_config_field_with_its_default():
     for name, command in _commands().items():
         cls = getattr(command.callback, "config_class", None)
         if cls is None:
-            assert name == "version"
+            assert name in ("version", "env")
             continue
         fields = {f.name: f for f in dataclasses.fields(cls)}
         params = {
@@ -249,3 +249,20 @@ def test_yaml_numbers_written_without_a_dot_are_numbers(tmp_path):
     (tmp_path / "bad.yaml").write_text("lr: fast\n")
     with pytest.raises(Exception, match="lr: expected a number, got 'fast'"):
         load_config_file(tmp_path / "bad.yaml", TrainConfig)
+
+
+def test_env_prints_what_a_bug_report_needs():
+    import json
+
+    import torch
+    from typer.testing import CliRunner
+
+    from prefkit.cli.main import app
+
+    res = CliRunner().invoke(app, ["env", "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    assert info["torch"] == torch.__version__ and info["cuda_available"] == torch.cuda.is_available()
+    assert set(info["trackers"]) == {"tensorboard", "wandb"} and info["libraries"]["peft"]
+    text = CliRunner().invoke(app, ["env"]).output
+    assert "torch" in text and "trackers" in text and text.count("\ntorch ") == 1  # not printed twice

@@ -35,7 +35,7 @@ class JudgeOptions:
         None  # judge-specific: jpeg compressibility|incompressibility; llava vqascore|pairwise
     )
     template: str | None = None  # the question / prompt template, where the judge asks one
-    device: str = "cpu"
+    device: str = "auto"  # CUDA when present
     dtype: str = "float32"
     batch_size: int = 8
     extra: dict[str, Any] = field(default_factory=dict)

@@ -23,12 +23,17 @@ def torch_dtype(name: str):
 
 
 def torch_device(name: str):
+    """--device: auto (CUDA when present, else the CPU), or any torch device (cpu, cuda, cuda:1 ...)."""
     import torch
 
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         return torch.device(name)
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise PrefkitError(f"--device {name!r}: not a torch device (cpu, cuda, cuda:1, ...): {exc}") from exc
+        raise PrefkitError(
+            f"--device {name!r}: not a torch device (auto, cpu, cuda, cuda:1, ...): {exc}"
+        ) from exc
 
 
 def rgb_images(images: Sequence[Any]) -> list:

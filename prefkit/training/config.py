@@ -114,6 +114,11 @@ class CommonTrainConfig:
         "plus add_q_proj,add_k_proj,add_v_proj,to_add_out for SD3/FLUX).",
         panel="LoRA",
     )
+    device: str = _free(
+        "auto",
+        "Where training runs: auto (CUDA when present, else the CPU), cpu or cuda; several GPUs: accelerate launch.",
+        panel="Run",
+    )
     mixed_precision: str = field(
         "no",
         "no, fp16 or bf16 (accelerate autocast; log-probs stay float32).",

@@ -87,7 +87,7 @@ def start_accelerator(cfg: TrainConfig, out: Path):
 
     from prefkit.distributed import check_world, launch_world
 
-    world, cpu = launch_world()
+    world, cpu = launch_world(cfg.device)
     accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=cfg.mixed_precision,

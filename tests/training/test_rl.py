@@ -269,6 +269,21 @@ def test_loop_refuses_a_non_empty_out_without_resume(tmp_path):
         run_loop(LoopConfig(out=str(tmp_path), prompt=["a"]))
 
 
+def test_loop_checks_its_judge_before_round_0(tmp_path, cli):
+    """A judge that cannot run (aesthetic without --weights) stops the loop before anything is generated;
+    every judge option of prefkit label is a loop option too (also in --config)."""
+    from prefkit.loop import run_loop
+
+    out = tmp_path / "loop"
+    with pytest.raises(PrefkitError, match="--weights"):
+        run_loop(LoopConfig(out=str(out), prompt=["a"], source="aesthetic", device="cpu"))
+    assert not out.exists()
+    (tmp_path / "c.yaml").write_text("source: aesthetic\nweights: /no/such/file.pth\njudge-device: cpu\n")
+    res = cli(["loop", "--out", str(out), "--prompt", "a", "--config", str(tmp_path / "c.yaml")])
+    assert res.exit_code == 2 and "file.pth" in res.output + res.stderr, res.output
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_tdpo_two_processes_equal_one_process(labelled_dataset, tmp_path):
     """2 processes (gloo, CPU) x 1 sample == 1 process x 2 samples: the LoRA (DDP) and the critic (its
