@@ -313,6 +313,11 @@ class PublishConfig:
         return dataclasses.asdict(self)
 
 
+# what the annotation page asks when no --question is given (and what it asked before the question could be
+# set: votes stored before prefkit recorded the question are taken to have been given under this one)
+DEFAULT_QUESTION = "Which image follows the prompt better and looks better?"
+
+
 @dataclasses.dataclass
 class AnnotateConfig:
     """Settings of ``prefkit annotate``: the labelling page, or (with ``export``) its votes as a label set."""

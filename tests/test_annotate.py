@@ -861,3 +861,104 @@ def test_load_and_sigkill(load_dataset, tmp_path):
     }
     (artifacts_dir() / "annotate-load.json").write_text(json.dumps(figures, indent=2))
     print("\nannotate load test:", json.dumps(figures))
+
+
+# -- the question and the guidelines ----------------------------------------------------------------------
+
+GUIDELINES = (
+    "# Rules\n\nPrefer **sharp** images over *blurry* ones. <script>window.__pwned=1</script>\n\n"
+    "- count the objects\n- see [the paper](https://arxiv.org/abs/2311.12908), not [this](javascript:alert(1))\n"
+)
+
+
+def test_store_records_the_question_and_refuses_another(tmp_path):
+    import hashlib
+    import sqlite3
+
+    from prefkit.annotate.store import read_instructions
+    from prefkit.config import DEFAULT_QUESTION
+
+    path = tmp_path / "q.sqlite"
+    pairs = [("a", "b"), ("a", "c"), ("b", "c")]
+    sha = hashlib.sha256(GUIDELINES.encode()).hexdigest()
+    store = VoteStore(path, pairs, question="Which is sharper?", guidelines=GUIDELINES)
+    assert store.status()["question"] == "Which is sharper?" and store.status()["guidelines_sha256"] == sha
+    store.decide(vid(), "A", "a", "b", "left", 10)
+    store.decide(vid(), "A", "c", "a", "skip", 10)
+    store.close()
+    conn = sqlite3.connect(path)
+    rows = conn.execute("SELECT question, guidelines_sha256 FROM votes").fetchall()
+    assert rows == [("Which is sharper?", sha)] * 2
+    assert conn.execute("SELECT sha256, text FROM guidelines").fetchall() == [(sha, GUIDELINES)]
+    conn.close()
+    # the same question with other guidelines is fine (each vote keeps its hash); another question is not
+    VoteStore(path, pairs, question="Which is sharper?").close()
+    before = path.read_bytes()
+    with pytest.raises(
+        PrefkitError, match=r"2 decision\(s\) under another question \('Which is sharper\?'\)"
+    ):
+        VoteStore(path, pairs)  # the default question
+    assert path.read_bytes() == before
+    with pytest.raises(PrefkitError, match="--force-question"):
+        VoteStore(path, pairs, question="Which has more cats?")
+    store = VoteStore(path, pairs, question="Which has more cats?", force_question=True)
+    store.decide(vid(), "B", "b", "c", "right", 10)
+    store.close()
+    assert read_instructions(path) == [
+        {"question": "Which is sharper?", "guidelines_sha256": sha, "votes": 1},  # the skip is no vote
+        {"question": "Which has more cats?", "guidelines_sha256": None, "votes": 1},
+    ]
+    # undone decisions do not hold the question
+    other = tmp_path / "u.sqlite"
+    store = VoteStore(other, pairs)
+    store.decide("v" * 10, "A", "a", "b", "left", 10)
+    store.undo("A", "v" * 10)
+    store.close()
+    VoteStore(other, pairs, question="Which has more cats?").close()
+    assert read_instructions(other) == []
+    assert DEFAULT_QUESTION  # the default exists, and is what an old store's votes were asked
+
+
+def test_a_version_1_store_is_read_as_it_is_and_upgraded_by_a_server(tmp_path):
+    import sqlite3
+
+    from prefkit.annotate.store import read_decisions, read_instructions
+    from prefkit.config import DEFAULT_QUESTION
+
+    path = tmp_path / "v1.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO info VALUES ('format', 'prefkit-annotations'), ('version', '1');
+        CREATE TABLE votes (id INTEGER PRIMARY KEY AUTOINCREMENT, vote_id TEXT NOT NULL UNIQUE,
+            annotator TEXT NOT NULL, key_0 TEXT NOT NULL, key_1 TEXT NOT NULL, choice TEXT NOT NULL,
+            left_key TEXT NOT NULL, time_ms INTEGER, created_at TEXT NOT NULL, undone_at TEXT);
+        INSERT INTO votes (vote_id, annotator, key_0, key_1, choice, left_key, time_ms, created_at)
+            VALUES ('old-vote-1', 'A', 'a', 'b', '0', 'a', 5, '2025-01-01T00:00:00.000Z');
+        """
+    )
+    conn.commit()
+    conn.close()
+    # read-only (an export): nothing changes in the file
+    before = path.read_bytes()
+    assert [d.vote_id for d in read_decisions(path)] == ["old-vote-1"]
+    assert read_instructions(path) == [{"question": DEFAULT_QUESTION, "guidelines_sha256": None, "votes": 1}]
+    assert path.read_bytes() == before
+    # a server upgrades it: the old vote has the default question, what the page asked then
+    with pytest.raises(PrefkitError, match="another question"):
+        VoteStore(path, [("a", "b"), ("a", "c")], question="Which has more cats?")
+    store = VoteStore(path, [("a", "b"), ("a", "c")])
+    store.decide(vid(), "A", "a", "c", "tie", 5)
+    store.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM info WHERE key = 'version'").fetchone() == ("2",)
+    assert conn.execute("SELECT question FROM votes").fetchall() == [(DEFAULT_QUESTION,)] * 2
+    conn.close()
+    # a newer store than this prefkit knows is refused, not misread
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE info SET value = '3' WHERE key = 'version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(PrefkitError, match="version '3'"):
+        read_decisions(path)
