@@ -612,6 +612,11 @@ def annotate(
     client_leases: Annotated[
         int | None, typer.Option("--client-leases", help=_a("client_leases"), show_default=False)
     ] = None,
+    question: Annotated[str, typer.Option("--question", help=_a("question"))] = _annotate_config().question,
+    guidelines: Annotated[
+        str | None, typer.Option("--guidelines", help=_a("guidelines"), show_default=False)
+    ] = None,
+    force_question: Annotated[bool, typer.Option("--force-question", help=_a("force_question"))] = False,
     export: Annotated[str | None, typer.Option("--export", help=_a("export"), show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help=_a("overwrite"))] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=_a("quiet"))] = False,
@@ -621,7 +626,7 @@ def annotate(
     ] = None,
 ) -> None:
     """Serve a page where people label pairs (keys 1 / 2 / 3 tie / s skip / u undo); votes go to
-    DATASET/annotations.sqlite. --export NAME writes them as a label set."""
+    DATASET/annotations.sqlite with --question. --export NAME writes them as a label set."""
     values = {k: v for k, v in locals().items() if k in _annotate_config().__dataclass_fields__}
     cfg, result = _run_stage(
         ctx, _annotate_config(), config, values, "prefkit.annotate.serve", "run_annotate"

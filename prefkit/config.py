@@ -348,6 +348,23 @@ class AnnotateConfig:
         "Default: 20, or a quarter of pairs x per-pair when that is fewer (at least 4). Behind a proxy every "
         "annotator has the proxy's address: set it to 2 x the annotators.",
     )
+    question: str = field(
+        DEFAULT_QUESTION,
+        "The question the page asks about each pair (one line, at most 300 characters), e.g. 'Which "
+        "image follows the prompt more closely?'. Stored with every vote. A store with votes under another "
+        "question is refused unless --force-question.",
+    )
+    guidelines: str | None = field(
+        None,
+        "A Markdown file of guidelines shown beside the pair (paragraphs, headings, **bold**, *italic*, "
+        "lists, http(s) links; anything else, HTML included, is shown as text). Its SHA-256 is stored with "
+        "every vote, its text once in the database.",
+    )
+    force_question: bool = field(
+        False,
+        "Serve even though the store has votes under another --question: new votes are stored with the new "
+        "question, old ones keep theirs (the export counts the votes per question).",
+    )
     export: str | None = field(
         None,
         "Write the votes as label set NAME (labels/NAME.jsonl, as `prefkit label --source annotate`) "

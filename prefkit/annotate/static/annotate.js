@@ -9,6 +9,9 @@
 // it stays in this browser's localStorage and goes with every request (header X-Prefkit-Secret), so
 // nobody else can ask for pairs, vote or undo under this name. Every call that changes something is a
 // POST. An error the server explains (JSON {"error": ...}) is shown under the buttons.
+//
+// Each vote names the question and guidelines this page showed (the id in <meta name=prefkit-instructions>):
+// a server restarted with other ones refuses it (412) rather than store it under words nobody saw here.
 "use strict";
 
 (() => {
@@ -26,6 +29,7 @@
     shownAt: 0,
     busy: false,
     lastVoteId: null, // what undo takes back
+    instructions: null, // the id of the question and guidelines on this page
   };
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -218,6 +222,7 @@
       right: pair.right,
       choice: side,
       time_ms: Math.max(0, Math.round(performance.now() - state.shownAt)),
+      instructions: state.instructions,
     };
     localStorage.setItem(PENDING_KEY, JSON.stringify(vote));
     setStatus("saving\u2026");
@@ -309,6 +314,7 @@
       $(id).addEventListener("click", () => decide($(id).dataset.choice));
     }
     $("btn-undo").addEventListener("click", undo);
+    state.instructions = document.querySelector('meta[name="prefkit-instructions"]').content;
     document.addEventListener("keydown", (e) => {
       if (!$("name-overlay").hidden || e.target instanceof HTMLInputElement) return;
       if (e.repeat || e.ctrlKey || e.altKey || e.metaKey) return; // a held key is one decision
