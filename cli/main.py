@@ -625,8 +625,9 @@ def annotate(
         typer.Option("--config", help="YAML/JSON file with the same keys as these flags; flags win."),
     ] = None,
 ) -> None:
-    """Serve a page where people label pairs (keys 1 / 2 / 3 tie / s skip / u undo); votes go to
-    DATASET/annotations.sqlite with --question. --export NAME writes them as a label set."""
+    """Serve a page where people label pairs (click an image or keys 1 / 2, 3 tie, s skip, u undo; hold or
+    z to zoom); votes go to DATASET/annotations.sqlite with --question. --export NAME writes them as a
+    label set."""
     values = {k: v for k, v in locals().items() if k in _annotate_config().__dataclass_fields__}
     cfg, result = _run_stage(
         ctx, _annotate_config(), config, values, "prefkit.annotate.serve", "run_annotate"
