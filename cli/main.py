@@ -293,8 +293,9 @@ def version() -> None:
 
 @config_command(app, AnnotateConfig)
 def annotate(args: Invocation) -> None:
-    """Serve a page where people label pairs (keys 1 / 2 / 3 tie / s skip / u undo); votes go to
-    DATASET/annotations.sqlite. --export NAME writes them as a label set."""
+    """Serve a page where people label pairs (click an image or keys 1 / 2, 3 tie, s skip, u undo; hold or
+    z to zoom); votes go to DATASET/annotations.sqlite with --question. --export NAME writes them as a
+    label set."""
     cfg, result = _run_stage(args, "prefkit.annotate.serve", "run_annotate")
     if cfg.export is not None and not cfg.quiet:
         _print_label_set(result, cfg.dataset)

@@ -469,6 +469,11 @@ class PublishConfig:
         return dataclasses.asdict(self)
 
 
+# what the annotation page asks when no --question is given (and what it asked before the question could be
+# set: votes stored before prefkit recorded the question are taken to have been given under this one)
+DEFAULT_QUESTION = "Which image follows the prompt better and looks better?"
+
+
 @dataclasses.dataclass
 class AnnotateConfig:
     """Settings of ``prefkit annotate``: the labelling page, or (with ``export``) its votes as a label set."""
@@ -507,6 +512,27 @@ class AnnotateConfig:
         "Default: 20, or a quarter of pairs x per-pair when that is fewer (at least 4). Behind a proxy every "
         "annotator has the proxy's address: set it to 2 x the annotators.",
         panel="Server",
+    )
+    question: str = field(
+        DEFAULT_QUESTION,
+        "The question the page asks about each pair (one line, at most 300 characters), e.g. 'Which "
+        "image follows the prompt more closely?'. Stored with every vote. A store with votes under another "
+        "question is refused unless --force-question.",
+        panel="Page",
+    )
+    guidelines: str | None = field(
+        None,
+        "A Markdown file of guidelines shown beside the pair (paragraphs, headings, **bold**, *italic*, "
+        "lists, http(s) links; anything else, HTML included, is shown as text). Its SHA-256 is stored with "
+        "every vote, its text once in the database.",
+        panel="Page",
+        path=True,
+    )
+    force_question: bool = field(
+        False,
+        "Serve even though the store has votes under another --question: new votes are stored with the new "
+        "question, old ones keep theirs (the export counts the votes per question).",
+        panel="Page",
     )
     export: str | None = field(
         None,

@@ -120,6 +120,8 @@ def _import_human(cfg: LabelConfig, samples: dict[str, SampleInfo]) -> tuple[lis
         "format": fmt,
         "inputs": [str(p) for p in paths],
     }
+    if fmt == "annotate":
+        meta["instructions"] = _annotate_instructions(paths)
     if fmt == "d3po":
         meta.update(pairs_policy=cfg.pairs, tie_margin=cfg.tie_margin)
         return pairs, meta
@@ -134,6 +136,19 @@ def _import_human(cfg: LabelConfig, samples: dict[str, SampleInfo]) -> tuple[lis
     # the meta's report: the reader's counts and the contradictions (format and votes are in the meta)
     meta["report"] = {k: v for k, v in report.items() if k not in ("format", "votes")}
     return pairs, meta
+
+
+def _annotate_instructions(paths: list[Path]) -> list[dict[str, Any]]:
+    """What the annotators were asked: one record per (question, guidelines SHA-256) over the databases,
+    with the votes given under it (as exported: not undone, not skipped), in the order first used."""
+    from prefkit.annotate.store import read_instructions
+
+    merged: dict[tuple[str, str | None], int] = {}
+    for path in paths:
+        for rec in read_instructions(path):
+            key = (rec["question"], rec["guidelines_sha256"])
+            merged[key] = merged.get(key, 0) + rec["votes"]
+    return [{"question": q, "guidelines_sha256": g, "votes": n} for (q, g), n in merged.items()]
 
 
 def iter_images(folder: Path, keys: set[str] | None = None) -> Iterator[tuple[str, Any, str]]:

@@ -861,3 +861,248 @@ def test_load_and_sigkill(load_dataset, tmp_path):
     }
     (artifacts_dir() / "annotate-load.json").write_text(json.dumps(figures, indent=2))
     print("\nannotate load test:", json.dumps(figures))
+
+
+# -- the question and the guidelines ----------------------------------------------------------------------
+
+GUIDELINES = (
+    "# Rules\n\nPrefer **sharp** images over *blurry* ones. <script>window.__pwned=1</script>\n\n"
+    "- count the objects\n- see [the paper](https://arxiv.org/abs/2311.12908), not [this](javascript:alert(1))\n"
+)
+
+
+def test_guidelines_markdown_never_becomes_markup():
+    from html.parser import HTMLParser
+
+    from prefkit.annotate.instructions import render_markdown
+
+    class Tags(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.found = []
+
+        def handle_starttag(self, tag, attrs):
+            self.found.append((tag, dict(attrs)))
+
+    hostile = [
+        "<script>alert(1)</script>",
+        "<img src=x onerror=alert(1)>",
+        '<a href="javascript:alert(1)">x</a>',
+        "[x](javascript:alert(1)) [y](data:text/html,<b>) [z](vbscript:x)",
+        '[x](https://a.b/"onmouseover="alert(1))',
+        "[x](https://a.b/'onload='alert(1))",
+        "**<b onclick=x>bold</b>** *<i>*",
+        "`<code>` and ``</p><script>``",
+        "- <li>item</li>\n1. <ol>\n# <h1>title</h1>",
+        "a\x00b\x001\x00 <\x00script>",
+        "<!-- comment --> <![CDATA[x]]> &lt;already&gt; &#60;script&#62;",
+    ]
+    allowed = {"p", "ul", "ol", "li", "strong", "em", "code", "a", "h3", "h4", "h5", "h6"}
+    for text in hostile:
+        out = render_markdown(text)
+        parser = Tags()
+        parser.feed(out)
+        for tag, attrs in parser.found:
+            assert tag in allowed, (text, out)
+            if tag == "a":
+                assert set(attrs) == {"href", "rel", "target"} and attrs["href"].startswith("https://"), out
+            else:
+                assert attrs == {}, (text, out)
+        assert "<script" not in out and "<img" not in out, out
+    out = render_markdown(GUIDELINES)
+    assert "<h3>Rules</h3>" in out and "<strong>sharp</strong>" in out and "<em>blurry</em>" in out
+    assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in out
+    assert '<a href="https://arxiv.org/abs/2311.12908" rel="noopener noreferrer" target="_blank">' in out
+    assert "[this](javascript:alert(1))" in out  # not a link: shown as written
+    # underscores inside words are no emphasis
+    assert render_markdown("a window.__x=1 and window.__y snake_case_name") == (
+        "<p>a window.__x=1 and window.__y snake_case_name</p>"
+    )
+    assert render_markdown("__strong__ _em_") == "<p><strong>strong</strong> <em>em</em></p>"
+    assert out.count("<li>") == 2
+    # an address keeps its underscores and ampersands (as the entity a href needs)
+    out = render_markdown("[x](https://a.b/x_y_z?a=1&b=2)")
+    assert 'href="https://a.b/x_y_z?a=1&amp;b=2"' in out
+
+
+def test_store_records_the_question_and_refuses_another(tmp_path):
+    import hashlib
+    import sqlite3
+
+    from prefkit.annotate.store import read_instructions
+    from prefkit.config import DEFAULT_QUESTION
+
+    path = tmp_path / "q.sqlite"
+    pairs = [("a", "b"), ("a", "c"), ("b", "c")]
+    sha = hashlib.sha256(GUIDELINES.encode()).hexdigest()
+    store = VoteStore(path, pairs, question="Which is sharper?", guidelines=GUIDELINES)
+    assert store.status()["question"] == "Which is sharper?" and store.status()["guidelines_sha256"] == sha
+    store.decide(vid(), "A", "a", "b", "left", 10)
+    store.decide(vid(), "A", "c", "a", "skip", 10)
+    store.close()
+    conn = sqlite3.connect(path)
+    rows = conn.execute("SELECT question, guidelines_sha256 FROM votes").fetchall()
+    assert rows == [("Which is sharper?", sha)] * 2
+    assert conn.execute("SELECT sha256, text FROM guidelines").fetchall() == [(sha, GUIDELINES)]
+    conn.close()
+    # the same question with other guidelines is fine (each vote keeps its hash); another question is not
+    VoteStore(path, pairs, question="Which is sharper?").close()
+    before = path.read_bytes()
+    with pytest.raises(
+        PrefkitError, match=r"2 decision\(s\) under another question \('Which is sharper\?'\)"
+    ):
+        VoteStore(path, pairs)  # the default question
+    assert path.read_bytes() == before
+    with pytest.raises(PrefkitError, match="--force-question"):
+        VoteStore(path, pairs, question="Which has more cats?")
+    store = VoteStore(path, pairs, question="Which has more cats?", force_question=True)
+    store.decide(vid(), "B", "b", "c", "right", 10)
+    store.close()
+    assert read_instructions(path) == [
+        {"question": "Which is sharper?", "guidelines_sha256": sha, "votes": 1},  # the skip is no vote
+        {"question": "Which has more cats?", "guidelines_sha256": None, "votes": 1},
+    ]
+    # undone decisions do not hold the question
+    other = tmp_path / "u.sqlite"
+    store = VoteStore(other, pairs)
+    store.decide("v" * 10, "A", "a", "b", "left", 10)
+    store.undo("A", "v" * 10)
+    store.close()
+    VoteStore(other, pairs, question="Which has more cats?").close()
+    assert read_instructions(other) == []
+    assert DEFAULT_QUESTION  # the default exists, and is what an old store's votes were asked
+
+
+def test_a_version_1_store_is_read_as_it_is_and_upgraded_by_a_server(tmp_path):
+    import sqlite3
+
+    from prefkit.annotate.store import read_decisions, read_instructions
+    from prefkit.config import DEFAULT_QUESTION
+
+    path = tmp_path / "v1.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO info VALUES ('format', 'prefkit-annotations'), ('version', '1');
+        CREATE TABLE votes (id INTEGER PRIMARY KEY AUTOINCREMENT, vote_id TEXT NOT NULL UNIQUE,
+            annotator TEXT NOT NULL, key_0 TEXT NOT NULL, key_1 TEXT NOT NULL, choice TEXT NOT NULL,
+            left_key TEXT NOT NULL, time_ms INTEGER, created_at TEXT NOT NULL, undone_at TEXT);
+        INSERT INTO votes (vote_id, annotator, key_0, key_1, choice, left_key, time_ms, created_at)
+            VALUES ('old-vote-1', 'A', 'a', 'b', '0', 'a', 5, '2025-01-01T00:00:00.000Z');
+        """
+    )
+    conn.commit()
+    conn.close()
+    # read-only (an export): nothing changes in the file
+    before = path.read_bytes()
+    assert [d.vote_id for d in read_decisions(path)] == ["old-vote-1"]
+    assert read_instructions(path) == [{"question": DEFAULT_QUESTION, "guidelines_sha256": None, "votes": 1}]
+    assert path.read_bytes() == before
+    # a server upgrades it: the old vote has the default question, what the page asked then
+    with pytest.raises(PrefkitError, match="another question"):
+        VoteStore(path, [("a", "b"), ("a", "c")], question="Which has more cats?")
+    store = VoteStore(path, [("a", "b"), ("a", "c")])
+    store.decide(vid(), "A", "a", "c", "tie", 5)
+    store.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM info WHERE key = 'version'").fetchone() == ("2",)
+    assert conn.execute("SELECT question FROM votes").fetchall() == [(DEFAULT_QUESTION,)] * 2
+    conn.close()
+    # a newer store than this prefkit knows is refused, not misread
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE info SET value = '3' WHERE key = 'version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(PrefkitError, match="version '3'"):
+        read_decisions(path)
+
+
+def page_instructions(server: Server) -> tuple[str, str]:
+    """(the page's HTML, the instructions id in its meta tag)."""
+    import re
+
+    status, _, body = server.request("GET", "/")
+    assert status == 200
+    page = body.decode()
+    found = re.search(r'<meta name="prefkit-instructions" content="([0-9a-f]{16})">', page)
+    assert found, page[:400]
+    return page, found.group(1)
+
+
+def test_the_question_and_guidelines_are_shown_stored_and_exported(dataset, cli, tmp_path):
+    import hashlib
+    import html
+
+    guide = tmp_path / "guidelines.md"
+    guide.write_text(GUIDELINES)
+    sha = hashlib.sha256(guide.read_bytes()).hexdigest()
+    question = 'Which image shows more <b>cats</b> & "dogs"?'
+    with Server(dataset, "--question", question, "--guidelines", str(guide)) as server:
+        assert f"question: {question}" in "".join(server.output)
+        page, shown = page_instructions(server)
+        assert f'<h1 id="question">{html.escape(question)}</h1>' in page
+        assert "<strong>sharp</strong>" in page and "&lt;script&gt;window.__pwned=1" in page
+        assert "<script>window" not in page and "{{" not in page
+        status = server.json("GET", "/api/status")
+        assert (status["question"], status["guidelines_sha256"]) == (question, sha)
+        pair = first_pair(server)
+        body = {"vote_id": vid(), "annotator": "ann", "left": pair["left"], "right": pair["right"]}
+        body.update(choice="left", time_ms=900)
+        # a page loaded under other instructions: refused, nothing stored
+        stale = {**body, "instructions": "0" * 16}
+        status_code, _, data = server.request("POST", "/api/vote", stale)
+        assert status_code == 412 and "reload the page" in json.loads(data)["error"]
+        assert db_rows(dataset) == []
+        server.json("POST", "/api/vote", {**body, "instructions": shown})
+        pair = first_pair(server)  # an API client that names no instructions votes under the server's
+        body = {"vote_id": vid(), "annotator": "ann", "left": pair["left"], "right": pair["right"]}
+        server.json("POST", "/api/vote", {**body, "choice": "right", "time_ms": 800})
+    rows = db_rows(dataset)
+    assert [(r["question"], r["guidelines_sha256"]) for r in rows] == [(question, sha)] * 2
+    res = cli(["annotate", str(dataset), "--export", "web"])
+    assert res.exit_code == 0, res.output
+    assert read_meta(dataset, "web")["instructions"] == [
+        {"question": question, "guidelines_sha256": sha, "votes": 2}
+    ]
+    # another question on this store: refused before anything is written, unless --force-question
+    before = db_rows(dataset)
+    res = cli(["annotate", str(dataset), "--port", "0", "--question", "Which one is sharper?"])
+    assert res.exit_code == 2 and "2 decision(s) under another question" in res.stderr, res.output
+    assert "--force-question" in res.stderr and db_rows(dataset) == before
+    with Server(dataset, "--question", "Which one is sharper?", "--force-question") as server:
+        assert "note: 2 decision(s) so far were made under another question" in "".join(server.output)
+        _, shown_now = page_instructions(server)
+        assert shown_now != shown
+        pair = first_pair(server, "bob")
+        body = {"vote_id": vid(), "annotator": "bob", "left": pair["left"], "right": pair["right"]}
+        server.json("POST", "/api/vote", {**body, "choice": "tie", "time_ms": 700, "instructions": shown_now})
+    assert db_rows(dataset)[-1]["question"] == "Which one is sharper?"
+    assert db_rows(dataset)[-1]["guidelines_sha256"] is None
+    assert cli(["annotate", str(dataset), "--export", "web2"]).exit_code == 0
+    assert read_meta(dataset, "web2")["instructions"] == [
+        {"question": question, "guidelines_sha256": sha, "votes": 2},
+        {"question": "Which one is sharper?", "guidelines_sha256": None, "votes": 1},
+    ]
+
+
+def test_question_and_guidelines_errors(dataset, tmp_path, cli):
+    not_utf8 = tmp_path / "latin1.md"
+    not_utf8.write_bytes("caf\xe9".encode("latin-1"))
+    big = tmp_path / "big.md"
+    big.write_text("x" * (64 * 1024 + 1))
+    cases = [
+        (["--question", "  "], "give the question"),
+        (["--question", "one\ntwo"], "one line"),
+        (["--question", "x" * 301], "at most 300"),
+        (["--guidelines", str(tmp_path / "missing.md")], "no such file"),
+        (["--guidelines", str(tmp_path)], "a folder"),
+        (["--guidelines", str(not_utf8)], "not UTF-8"),
+        (["--guidelines", str(big)], "at most 65,536"),
+        (["--export", "x", "--question", "Which?"], "serves nothing"),
+        (["--export", "x", "--force-question"], "serves nothing"),
+    ]
+    for args, message in cases:
+        res = cli(["annotate", str(dataset), "--port", "0", *args])
+        assert res.exit_code == 2 and message in res.stderr, (args, res.output)
+    assert not (dataset / "annotations.sqlite").exists()  # nothing written by a failed start

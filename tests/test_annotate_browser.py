@@ -1,6 +1,8 @@
-"""A real headless Chromium drives the annotation page: the name, keys 1 / 2 / 3 / s / u and the buttons
-give exactly the right rows in the SQLite database (the page's random left/right mapped back to key_0 /
-key_1), and a prompt holding markup is shown as text and never runs. The page claims its name and keeps
+"""A real headless Chromium drives the annotation page: the name, keys 1 / 2 / 3 / s / u, the buttons and
+clicks on the images give exactly the right rows in the SQLite database (the page's random left/right
+mapped back to key_0 / key_1), and a prompt, a question and guidelines holding markup are shown as text
+and never run. Holding the mouse on an image, or z, zooms it and chooses nothing; on a laptop's 1366 x 620
+window both images are shown side by side at 400 px or more. The page claims its name and keeps
 the secret (a reload goes on as the same annotator, undo included), and shows the server's JSON errors: a
 name taken by another browser, a full disk (a real tmpfs, where one can be mounted).
 
@@ -259,3 +261,111 @@ def test_a_full_disk_is_shown_and_the_vote_saved_once_there_is_room(browser, scr
             wait_for(lambda: shown_pair(browser) not in (None, pair), "the next pair")
             assert status_line(browser) == ("saved", False)
             assert db_rows(ds)[0]["annotator"] == "dana"
+
+
+QUESTION = 'Which image has more <b>cats</b>? <script>window.__pwned="q"</script>'
+GUIDELINES = (
+    'Look at **both** images first.\n\n<script>window.__pwned=3</script> <img src=x onerror="window.__pwned=4">\n\n'
+    "- read [the paper](https://arxiv.org/abs/2311.12908)\n- never [this](javascript:window.__pwned=5)\n"
+)
+
+
+def images_shown(browser) -> dict | None:
+    """The pair on screen once both images have loaded: pair id, left key, right key."""
+    return browser.execute_script(
+        "const l = document.getElementById('img-left'), r = document.getElementById('img-right');"
+        "if (!document.body.dataset.pairId || !l.complete || !r.complete || !l.naturalWidth"
+        " || !r.naturalWidth) return null;"
+        "return {pair_id: document.body.dataset.pairId, left: l.dataset.key, right: r.dataset.key};"
+    )
+
+
+def test_question_guidelines_image_clicks_zoom_and_a_laptop_screen(browser, script_dataset, tmp_path):
+    import hashlib
+
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    ds = script_dataset
+    el = lambda css: browser.find_element(By.CSS_SELECTOR, css)  # noqa: E731
+    guide = tmp_path / "guidelines.md"
+    guide.write_text(GUIDELINES)
+    browser.set_window_size(1366, 620)  # a laptop's screen, less the browser's own bars
+    with Server(ds, "--question", QUESTION, "--guidelines", str(guide)) as server:
+        browser.get(f"http://127.0.0.1:{server.port}/")
+        wait_for(lambda: el("#name-input").is_displayed(), "the name form")
+        el("#name-input").send_keys("erin")
+        el("#name-submit").click()
+        pair = wait_for(lambda: images_shown(browser), "the first pair")
+
+        # the question and the guidelines: shown, as text where they hold markup, and nothing of it ran
+        assert el("#question").text == QUESTION
+        guidelines = el("#guidelines")
+        assert guidelines.is_displayed()
+        text = guidelines.text
+        assert (
+            "<script>window.__pwned=3</script>" in text and '<img src=x onerror="window.__pwned=4">' in text
+        )
+        assert guidelines.find_element(By.TAG_NAME, "strong").text == "both"
+        links = [a.get_attribute("href") for a in guidelines.find_elements(By.TAG_NAME, "a")]
+        assert links == ["https://arxiv.org/abs/2311.12908"]
+        assert "[this](javascript:window.__pwned=5)" in text
+        found = "return document.querySelectorAll('#question *, #guidelines script, #guidelines img').length"
+        assert browser.execute_script(found) == 0
+        assert browser.execute_script("return typeof window.__pwned") == "undefined"
+
+        # the laptop screen: both images side by side, each at 400 px or more, the buttons in view too
+        view = browser.execute_script("return [innerWidth, innerHeight]")
+        left, right = el("#img-left"), el("#img-right")
+        size = {"left": left.size, "right": right.size}
+        print(f"\nwindow 1366x620, viewport {view[0]}x{view[1]}: images {size}")
+        for s in size.values():
+            assert max(s["width"], s["height"]) >= 400, size
+        assert left.location["x"] + size["left"]["width"] <= right.location["x"]  # side by side
+        for e in (left, right, el("#btn-left"), el("#btn-skip")):
+            assert e.location["y"] + e.size["height"] <= view[1], e.get_attribute("id")  # no scrolling
+        browser.save_screenshot(str(artifacts_dir() / "annotate-laptop.png"))
+
+        # holding the mouse button on an image zooms it (larger); letting go comes back, chooses nothing
+        zoomed = "return document.body.dataset.zoom || null"
+        ActionChains(browser).click_and_hold(left).perform()
+        assert wait_for(lambda: browser.execute_script(zoomed), "the zoom") == "left"
+        big = el("#zoom-img")
+        assert big.is_displayed() and big.get_attribute("src") == left.get_attribute("src")
+        assert big.size["height"] > size["left"]["height"] and big.size["width"] > size["left"]["width"]
+        print(f"zoomed: {big.size}")
+        browser.save_screenshot(str(artifacts_dir() / "annotate-zoom.png"))
+        ActionChains(browser).release().perform()
+        wait_for(lambda: not el("#zoom").is_displayed(), "the zoom to close")
+        # holding z zooms the image under the pointer
+        ActionChains(browser).move_to_element(right).key_down("z").perform()
+        assert wait_for(lambda: browser.execute_script(zoomed), "the z zoom") == "right"
+        assert el("#zoom-img").size["height"] > size["right"]["height"]
+        ActionChains(browser).key_up("z").perform()
+        wait_for(lambda: not el("#zoom").is_displayed(), "the z zoom to close")
+        time.sleep(0.3)
+        assert db_rows(ds) == [] and images_shown(browser) == pair
+
+        # a click on an image chooses it
+        sha = hashlib.sha256(GUIDELINES.encode()).hexdigest()
+        for n, side in enumerate(("right", "left"), 1):
+            el(f"#img-{side}").click()
+            rows = wait_for(lambda n=n: len(db_rows(ds)) == n and db_rows(ds), f"the vote for {side}")
+            row = rows[-1]
+            k0, k1 = sorted((pair["left"], pair["right"]))
+            assert (row["annotator"], row["key_0"], row["key_1"], row["left_key"]) == (
+                "erin",
+                k0,
+                k1,
+                pair["left"],
+            )
+            assert row["choice"] == ("0" if pair[side] == k0 else "1")
+            assert (row["question"], row["guidelines_sha256"]) == (QUESTION, sha)
+            pair = wait_for(
+                lambda prev=pair["pair_id"]: (p := images_shown(browser)) and p["pair_id"] != prev and p,
+                "the next pair",
+            )
+        severe = [
+            e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "favicon" not in e["message"]
+        ]
+        assert severe == []

@@ -2,12 +2,12 @@
 
 Routes (every one behind :class:`AccessGate`)::
 
-    GET  /                      the page (static/index.html)
+    GET  /                      the page (static/index.html, with the question and the rendered guidelines)
     GET  /static/NAME           the page's script and style sheet: a fixed list of names, nothing else
     GET  /image/KEY             a sample's PNG from its shard; KEY must be a key of the dataset, else 404
     POST /api/claim  {annotator}                 a new name -> {annotator, secret}; the only time it is shown
     POST /api/next   {annotator, exclude: [PAIR_ID, ...]}    the pair to show next (null when none is left)
-    POST /api/vote   {vote_id, annotator, left, right, choice: left|right|tie|skip, time_ms}
+    POST /api/vote   {vote_id, annotator, left, right, choice: left|right|tie|skip, time_ms, instructions?}
     POST /api/undo   {annotator, vote_id}
     GET  /api/status            counts
 
@@ -21,6 +21,11 @@ Every request that changes something is a POST (a GET changes nothing, not even 
   returned for that name; the page keeps it in localStorage). Missing or not that name's: 403. It is the
   request's CSRF token too, since no other site can read it or set the header.
 
+The page names the question and guidelines it showed (``instructions``: the id in its
+``<meta name="prefkit-instructions">``) with each vote: a vote from a page loaded before the server was
+restarted with another question or other guidelines is refused (412, "reload the page"), never stored
+under instructions its annotator did not see. A client that leaves the field out votes under the server's.
+
 Errors are JSON ``{"error": message}`` and change nothing: 4xx for the request (429: the client's lease or
 name limit, see :class:`~prefkit.annotate.store.VoteStore`), 507 when the server's disk is full, 503 when
 its database cannot be written, 500 for anything else (the trace goes to the server's terminal).
@@ -29,6 +34,7 @@ its database cannot be written, 500 for anything else (the trace goes to the ser
 from __future__ import annotations
 
 import hmac
+import html
 import json
 import re
 import sys
@@ -43,6 +49,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from prefkit.annotate.images import ImageIndex
+from prefkit.annotate.instructions import Instructions
 from prefkit.annotate.store import VOTE_ID, Busy, Conflict, NotFound, StorageError, VoteStore
 from prefkit.label_sets import SampleInfo
 
@@ -89,8 +96,35 @@ def load_static() -> dict[str, tuple[bytes, str]]:
     return {p.name: (p.read_bytes(), STATIC_TYPES[p.suffix]) for p in sorted(STATIC_DIR.iterdir())}
 
 
-def create_app(store: VoteStore, images: ImageIndex, samples: dict[str, SampleInfo]) -> Starlette:
+def fill_page(page: bytes, instructions: Instructions) -> bytes:
+    """index.html with its slots filled: the question (escaped text), the guidelines (safe HTML from
+    :func:`~prefkit.annotate.instructions.render_markdown`; the section is left out without guidelines) and
+    the instructions' id. One pass, so nothing filled in is read as a slot."""
+    guidelines = instructions.guidelines_html
+    if guidelines:
+        guidelines = (
+            '<details id="guidelines" open><summary>Guidelines</summary>'
+            f'<div class="md">{guidelines}</div></details>'
+        )
+    slots = {
+        "question": html.escape(instructions.question),
+        "guidelines": guidelines,
+        "instructions_id": instructions.id,
+    }
+    return re.sub(
+        r"\{\{(question|guidelines|instructions_id)\}\}", lambda m: slots[m.group(1)], page.decode()
+    ).encode()
+
+
+def create_app(
+    store: VoteStore,
+    images: ImageIndex,
+    samples: dict[str, SampleInfo],
+    instructions: Instructions | None = None,
+) -> Starlette:
+    instructions = instructions or Instructions()
     static = load_static()
+    index = fill_page(static["index.html"][0], instructions)
 
     def pair_payload(pair, left: str | None) -> dict[str, Any] | None:
         if pair is None:
@@ -108,8 +142,7 @@ def create_app(store: VoteStore, images: ImageIndex, samples: dict[str, SampleIn
         }
 
     async def page(request: Request) -> Response:
-        body, ctype = static["index.html"]
-        return Response(body, media_type=ctype, headers=PAGE_HEADERS)
+        return Response(index, media_type=static["index.html"][1], headers=PAGE_HEADERS)
 
     async def static_file(request: Request) -> Response:
         found = static.get(request.path_params["name"])
@@ -142,11 +175,12 @@ def create_app(store: VoteStore, images: ImageIndex, samples: dict[str, SampleIn
             return error(STORAGE_MESSAGES[exc.status], exc.status)
         raise exc
 
-    async def post(request: Request, names: set[str]) -> dict[str, Any]:
-        """A state-changing request's checks in order: same origin, JSON body, the fields ``names``, and
-        (when ``annotator`` is one of them and the call is not a claim) the annotator's secret."""
+    async def post(request: Request, names: set[str], optional: set[str] = frozenset()) -> dict[str, Any]:
+        """A state-changing request's checks in order: same origin, JSON body, the fields ``names`` (and
+        perhaps ``optional``), and (when ``annotator`` is one of them and the call is not a claim) the
+        annotator's secret."""
         check_origin(request)
-        fields = expect_fields(await read_json(request), names)
+        fields = expect_fields(await read_json(request), names, optional)
         if "annotator" in names:
             fields["annotator"] = check_name(fields["annotator"])
             if request.url.path != "/api/claim":
@@ -199,7 +233,16 @@ def create_app(store: VoteStore, images: ImageIndex, samples: dict[str, SampleIn
 
     async def vote(request: Request) -> Response:
         try:
-            fields = await post(request, {"vote_id", "annotator", "left", "right", "choice", "time_ms"})
+            fields = await post(
+                request, {"vote_id", "annotator", "left", "right", "choice", "time_ms"}, {"instructions"}
+            )
+            shown = fields.get("instructions", instructions.id)
+            if shown != instructions.id:
+                raise BadRequest(
+                    "the question or the guidelines have changed since this page was loaded: nothing was "
+                    "saved; reload the page and read them again",
+                    412,
+                )
             vote_id = check_vote_id(fields["vote_id"])
             annotator = fields["annotator"]
             left, right = (check_key(fields[n], n, samples) for n in ("left", "right"))
@@ -304,11 +347,11 @@ def check_origin(request: Request) -> None:
         )
 
 
-def expect_fields(body: Any, names: set[str]) -> dict[str, Any]:
+def expect_fields(body: Any, names: set[str], optional: set[str] = frozenset()) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest(f"the body must be a JSON object with {', '.join(sorted(names))}")
     missing = sorted(names - body.keys())
-    extra = sorted(body.keys() - names)
+    extra = sorted(body.keys() - names - optional)
     if missing or extra:
         parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
             [f"unexpected {', '.join(extra)}"] if extra else []

@@ -1,7 +1,8 @@
 """``prefkit annotate``: serve the labelling page for a dataset, or export its votes as a label set.
 
-Reads top to bottom: check the settings and the dataset (nothing is written on bad input), list the
-pairs, take the dataset's server lock, open the vote store, bind the socket (a port in use is an error
+Reads top to bottom: check the settings (the question and the guidelines file too) and the dataset
+(nothing is written on bad input), list the pairs, take the dataset's server lock, bind the socket, open the
+vote store (which refuses votes under another question unless --force-question) (a port in use is an error
 here, not a trace), print the address, and run uvicorn until Ctrl-C. Every vote is committed when it is
 acknowledged, so stopping (or killing) the server loses nothing.
 """
@@ -61,7 +62,9 @@ def export_votes(cfg: AnnotateConfig) -> dict[str, Any]:
 
 def run_annotate(cfg: AnnotateConfig) -> dict[str, Any]:
     """Serve the page until stopped (or export, with ``cfg.export``); returns the final status."""
+    from prefkit.annotate.instructions import Instructions, check_question, read_guidelines
     from prefkit.annotate.store import DB_NAME
+    from prefkit.config import DEFAULT_QUESTION
     from prefkit.label_sets import check_name, dataset_samples
     from prefkit.shards import finished_shards, read_manifest
 
@@ -73,9 +76,19 @@ def run_annotate(cfg: AnnotateConfig) -> dict[str, Any]:
         raise PrefkitError(f"DATASET {folder}: no such folder")
     read_manifest(folder)
     if cfg.export is not None:
-        if any(v != d for v, d in ((cfg.host, "127.0.0.1"), (cfg.token, None), (cfg.labels, None))):
+        serving = (
+            (cfg.host, "127.0.0.1"),
+            (cfg.token, None),
+            (cfg.labels, None),
+            (cfg.question, DEFAULT_QUESTION),
+            (cfg.guidelines, None),
+            (cfg.force_question, False),
+        )
+        if any(v != d for v, d in serving):
             raise PrefkitError(
-                "--export writes a label set and serves nothing: drop --host, --token, --labels"
+                "--export writes a label set and serves nothing: drop --host, --token, --labels, --question, "
+                "--guidelines, --force-question (each vote's question is in the database and goes to the "
+                "label set's meta)"
             )
         check_name(folder, cfg.export, cfg.overwrite)
         return export_votes(cfg)
@@ -93,6 +106,9 @@ def run_annotate(cfg: AnnotateConfig) -> dict[str, Any]:
     loopback = is_loopback(cfg.host)
     if not loopback and token is None:
         token = secrets.token_urlsafe(24)
+    question = check_question(cfg.question)
+    guidelines, guidelines_sha256 = read_guidelines(cfg.guidelines)
+    instructions = Instructions(question, guidelines, guidelines_sha256)
     if not finished_shards(folder):
         raise PrefkitError(f"{folder}: no finished shards (shard-*.tar); nothing to annotate")
 
@@ -115,12 +131,21 @@ def run_annotate(cfg: AnnotateConfig) -> dict[str, Any]:
         sock = _bind(cfg.host, cfg.port)  # before the database: a port in use leaves no file behind
         port = sock.getsockname()[1]
         url = _url(cfg.host, port, token)
-        store = VoteStore(folder / DB_NAME, pairs, cfg.per_pair, cfg.lease, client_leases=cfg.client_leases)
+        store = VoteStore(
+            folder / DB_NAME,
+            pairs,
+            cfg.per_pair,
+            cfg.lease,
+            client_leases=cfg.client_leases,
+            question=question,
+            guidelines=guidelines,
+            force_question=cfg.force_question,
+        )
         with contextlib.suppress(OSError):  # who holds the lock is a courtesy; a full disk must not stop us
             os.ftruncate(lock, 0)
             os.pwrite(lock, f"{os.getpid()} {url.split('?')[0]}\n".encode(), 0)
         _announce(cfg, folder, pairs, samples, url, token, store)
-        _serve(store, images, samples, sock, cfg.host, port, token)
+        _serve(store, images, samples, instructions, sock, cfg.host, port, token)
         return store.status()
     finally:
         if store is not None:
@@ -200,6 +225,21 @@ def _announce(cfg, folder, pairs, samples, url, token, store) -> None:
         f"[bold]prefkit annotate[/]: {len(pairs)} pairs from {groups} prompt groups, "
         f"{cfg.per_pair} annotator(s) per pair; {st['votes']} votes so far in {escape(str(store.path))}"
     )
+    console.print(f"question: {escape(store.question)}", highlight=False)
+    if cfg.guidelines is not None:
+        console.print(f"guidelines: {escape(str(cfg.guidelines))} (sha256 {store.guidelines_sha256[:12]}...)")
+    earlier = [
+        r
+        for r in store.instructions()
+        if (r["question"], r["guidelines_sha256"]) != (store.question, store.guidelines_sha256)
+    ]
+    for r in earlier:
+        what = "another question" if r["question"] != store.question else "other guidelines"
+        sha = (r["guidelines_sha256"] or "none")[:12]
+        console.print(
+            f"[yellow]note: {r['decisions']} decision(s) so far were made under {what}: "
+            f"{escape(repr(r['question']))}, guidelines {sha}; each keeps its own in the database[/]"
+        )
     console.print(f"open [bold]{escape(url)}[/]  (Ctrl-C stops; every acknowledged vote is already saved)")
     if token and not is_loopback(cfg.host):
         console.print(
@@ -211,7 +251,7 @@ def _announce(cfg, folder, pairs, samples, url, token, store) -> None:
     sys.stdout.flush()
 
 
-def _serve(store, images, samples, sock, host: str, port: int, token: str | None) -> None:
+def _serve(store, images, samples, instructions, sock, host: str, port: int, token: str | None) -> None:
     import uvicorn
 
     from prefkit.annotate.app import AccessGate, create_app
@@ -219,7 +259,9 @@ def _serve(store, images, samples, sock, host: str, port: int, token: str | None
     hosts = None
     if token is None:  # loopback only: the Host header must be a loopback name
         hosts = {"127.0.0.1", "localhost", "::1", host.lower()}
-    app = AccessGate(create_app(store, images, samples), token, hosts, cookie=f"prefkit_token_{port}")
+    app = AccessGate(
+        create_app(store, images, samples, instructions), token, hosts, cookie=f"prefkit_token_{port}"
+    )
     config = uvicorn.Config(
         app,
         log_level="warning",

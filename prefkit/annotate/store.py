@@ -11,6 +11,16 @@
     time_ms     time from showing the pair to the decision, in milliseconds
     created_at  UTC, ISO 8601
     undone_at   set when the annotator pressed undo; the row stays (history), it no longer counts
+    question    the question the page asked (``--question``)
+    guidelines_sha256  the SHA-256 of the guidelines file the page showed (``--guidelines``), or NULL
+
+Table ``guidelines`` keeps each guidelines text once (sha256, text, created_at), so a vote's hash can be
+read back as the text the annotator saw.
+
+The question a store's votes were given under is fixed: a store with votes (not undone) under another
+question is refused at start-up unless ``force_question`` (then each vote keeps its own question). Version
+1 stores (from before the question was recorded) are upgraded in place when a server opens them: their
+votes get :data:`~prefkit.config.DEFAULT_QUESTION`, which is what the page asked then.
 
 A partial UNIQUE index allows one decision per (annotator, pair) that is not undone: an annotator never
 decides a pair twice, whatever the page sends.
@@ -64,12 +74,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prefkit.config import DEFAULT_QUESTION
 from prefkit.errors import PrefkitError
 from prefkit.fileio import utc_timestamp
 
 DB_NAME = "annotations.sqlite"
 FORMAT = "prefkit-annotations"
-VERSION = "1"
+VERSION = "2"  # 2: votes record the question and guidelines; 1 is read, and upgraded by a server
+READABLE_VERSIONS = ("1", VERSION)
 DECISIONS = ("0", "1", "tie", "skip")
 VOTE_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 LEASES_PER_ANNOTATOR = 2  # the pair on the page and the one it loads ahead
@@ -90,6 +102,8 @@ CREATE TABLE IF NOT EXISTS votes (
     time_ms INTEGER CHECK (time_ms IS NULL OR time_ms >= 0),
     created_at TEXT NOT NULL,
     undone_at TEXT,
+    question TEXT NOT NULL,
+    guidelines_sha256 TEXT,
     CHECK (key_0 < key_1),
     CHECK (left_key IN (key_0, key_1))
 );
@@ -99,6 +113,11 @@ CREATE INDEX IF NOT EXISTS by_annotator ON votes (annotator, id);
 CREATE TABLE IF NOT EXISTS annotators (
     name TEXT PRIMARY KEY,
     secret_sha256 TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS guidelines (
+    sha256 TEXT PRIMARY KEY,
+    text TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
 """
@@ -145,6 +164,8 @@ class Decision:
     time_ms: int | None
     created_at: str
     undone_at: str | None
+    question: str = DEFAULT_QUESTION
+    guidelines_sha256: str | None = None
 
     @property
     def pair(self) -> PairKey:
@@ -192,6 +213,7 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
                 )
             conn.execute("PRAGMA synchronous = FULL")
             conn.executescript(SCHEMA)
+            _upgrade(conn)
     except (sqlite3.DatabaseError, PrefkitError) as exc:
         if conn is not None:
             conn.close()
@@ -266,10 +288,55 @@ def _check_info(path: Path, info: dict[str, str]) -> None:
         raise PrefkitError(
             f"{path}: not a prefkit annotations database (no info.format {FORMAT!r}); move it away"
         )
-    if info.get("version") != VERSION:
+    if info.get("version") not in READABLE_VERSIONS:
         raise PrefkitError(
-            f"{path}: annotations database version {info.get('version')!r}; this prefkit reads {VERSION!r}"
+            f"{path}: annotations database version {info.get('version')!r}; this prefkit reads "
+            f"{' and '.join(repr(v) for v in READABLE_VERSIONS)} (a newer prefkit wrote it?)"
         )
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Version 1 -> 2 in one transaction: the votes get their question (the default, what the page asked
+    then) and an empty guidelines hash."""
+    if conn.execute("SELECT value FROM info WHERE key = 'version'").fetchone()[0] == VERSION:
+        return
+    quoted = DEFAULT_QUESTION.replace("'", "''")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if "question" not in _vote_columns(conn):
+            conn.execute(f"ALTER TABLE votes ADD COLUMN question TEXT NOT NULL DEFAULT '{quoted}'")
+            conn.execute("ALTER TABLE votes ADD COLUMN guidelines_sha256 TEXT")
+        conn.execute("UPDATE info SET value = ? WHERE key = 'version'", (VERSION,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _vote_columns(conn: sqlite3.Connection) -> set[str]:
+    return {row[1] for row in conn.execute("PRAGMA table_info(votes)")}
+
+
+def _instruction_rows(conn: sqlite3.Connection, where: str) -> list[tuple[str, str | None, int]]:
+    """(question, guidelines_sha256, rows) of the votes matching ``where``, in the order first used."""
+    if "question" not in _vote_columns(conn):  # a version 1 store, read as it is
+        n = conn.execute(f"SELECT COUNT(*) FROM votes WHERE {where}").fetchone()[0]
+        return [(DEFAULT_QUESTION, None, n)] if n else []
+    return conn.execute(
+        f"SELECT question, guidelines_sha256, COUNT(*) FROM votes WHERE {where} "
+        "GROUP BY question, guidelines_sha256 ORDER BY MIN(id)"
+    ).fetchall()
+
+
+def read_instructions(path: Path) -> list[dict[str, Any]]:
+    """What the votes of an annotations database were asked under, for a label set's meta: one record per
+    (question, guidelines) with the number of votes (not undone, not skipped), in the order first used."""
+    conn = connect(path, readonly=True)
+    try:
+        rows = _instruction_rows(conn, "undone_at IS NULL AND choice != 'skip'")
+    finally:
+        conn.close()
+    return [{"question": q, "guidelines_sha256": g, "votes": n} for q, g, n in rows]
 
 
 def read_decisions(path: Path) -> list[Decision]:
@@ -293,8 +360,10 @@ class VoteStore:
     """The server's view of the database: decisions, undo, and which pair to hand out next.
 
     ``pairs``: the pairs to annotate (canonical order). ``client_leases``: the most pairs one client address
-    may hold at once, over all its annotators (None: :func:`default_client_leases`). Thread-safe: one lock
-    around every operation.
+    may hold at once, over all its annotators (None: :func:`default_client_leases`). ``question`` and
+    ``guidelines`` (the Markdown text): what the page shows, recorded with each vote; a store with votes
+    under another question is a PrefkitError unless ``force_question``. Thread-safe: one lock around every
+    operation.
     """
 
     def __init__(
@@ -306,6 +375,9 @@ class VoteStore:
         seed: int = 0,
         clock=time.monotonic,
         client_leases: int | None = None,
+        question: str = DEFAULT_QUESTION,
+        guidelines: str | None = None,
+        force_question: bool = False,
     ):
         if per_pair < 1:
             raise PrefkitError(f"--per-pair {per_pair}: must be at least 1")
@@ -325,7 +397,21 @@ class VoteStore:
         random.Random(seed).shuffle(self.pairs)
         self.known = set(self.pairs)
         self.side = random.SystemRandom()
+        self.question = question
+        self.guidelines_sha256 = (
+            None if guidelines is None else hashlib.sha256(guidelines.encode()).hexdigest()
+        )
         self.conn = connect(self.path)
+        try:
+            self._check_question(force_question)
+            if guidelines is not None:
+                self._write(
+                    "INSERT OR IGNORE INTO guidelines (sha256, text, created_at) VALUES (?, ?, ?)",
+                    (self.guidelines_sha256, guidelines, utc_timestamp(ms=True)),
+                )
+        except (PrefkitError, StorageError) as exc:
+            self.conn.close()
+            raise PrefkitError(str(exc)) from None
         # derived state, rebuilt from the database
         self.votes_on: Counter[PairKey] = Counter()  # active votes per pair (skips not counted)
         self.decided: dict[str, set[PairKey]] = {}  # annotator -> pairs voted or skipped (not undone)
@@ -342,6 +428,25 @@ class VoteStore:
     def close(self) -> None:
         with self.lock:
             self.conn.close()
+
+    def _check_question(self, force: bool) -> None:
+        others = [r for r in self.instructions() if r["question"] != self.question]
+        if not others or force:
+            return
+        n = sum(r["decisions"] for r in others)
+        shown = "; ".join(sorted({repr(r["question"]) for r in others}))
+        raise PrefkitError(
+            f"{self.path} has {n} decision(s) under another question ({shown}), not {self.question!r}: "
+            "votes to different questions measure different things. Export them first (--export NAME), then "
+            "annotate a copy of the dataset without annotations.sqlite, or ask the same --question again; "
+            "--force-question stores new votes under the new question (each vote keeps its own)"
+        )
+
+    def instructions(self) -> list[dict[str, Any]]:
+        """The (question, guidelines_sha256, decisions) of the decisions not undone (skips included), in
+        the order first used."""
+        rows = _instruction_rows(self.conn, "undone_at IS NULL")
+        return [{"question": q, "guidelines_sha256": g, "decisions": n} for q, g, n in rows]
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -389,6 +494,8 @@ class VoteStore:
                 "decisions": row[0],
                 "votes": row[1] or 0,
                 "annotators": row[2],
+                "question": self.question,
+                "guidelines_sha256": self.guidelines_sha256,
             }
 
     # -- assignment ---------------------------------------------------------------------------------
@@ -538,11 +645,35 @@ class VoteStore:
                 raise Conflict(
                     f"annotator {annotator!r} has already decided pair ({pair[0]}, {pair[1]}); undo it first"
                 )
-            row = Decision(vote_id, annotator, *pair, choice, left, time_ms, utc_timestamp(ms=True), None)
+            created = utc_timestamp(ms=True)
+            row = Decision(
+                vote_id,
+                annotator,
+                *pair,
+                choice,
+                left,
+                time_ms,
+                created,
+                None,
+                self.question,
+                self.guidelines_sha256,
+            )
             try:
                 self._write(
-                    f"INSERT INTO votes ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (row.vote_id, annotator, *pair, choice, left, time_ms, row.created_at, None),
+                    f"INSERT INTO votes ({_COLUMNS}, question, guidelines_sha256) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        row.vote_id,
+                        annotator,
+                        *pair,
+                        choice,
+                        left,
+                        time_ms,
+                        row.created_at,
+                        None,
+                        self.question,
+                        self.guidelines_sha256,
+                    ),
                 )  # autocommit: the INSERT is its own transaction, durable when execute returns
             except sqlite3.IntegrityError as exc:
                 raise Conflict(f"refused by the database: {exc}") from None

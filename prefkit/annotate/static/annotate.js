@@ -9,6 +9,13 @@
 // it stays in this browser's localStorage and goes with every request (header X-Prefkit-Secret), so
 // nobody else can ask for pairs, vote or undo under this name. Every call that changes something is a
 // POST. An error the server explains (JSON {"error": ...}) is shown under the buttons.
+//
+// Each vote names the question and guidelines this page showed (the id in <meta name=prefkit-instructions>):
+// a server restarted with other ones refuses it (412) rather than store it under words nobody saw here.
+//
+// Clicking an image chooses it (a press shorter than HOLD_MS); holding the button on it, or holding z with
+// the pointer on it, shows it zoomed (full size, panned by the pointer, or as large as the window when it
+// is smaller); letting go comes back and chooses nothing.
 "use strict";
 
 (() => {
@@ -17,6 +24,8 @@
   const PENDING_KEY = "prefkit-pending-vote";
   const SECRETS_KEY = "prefkit-secrets"; // {name: secret} of the names this browser claimed here
   const CHOICE_KEYS = { 1: "left", 2: "right", 3: "tie", s: "skip", S: "skip" };
+  const HOLD_MS = 300; // a press on an image longer than this zooms instead of choosing
+  const SIDES = ["left", "right"];
 
   const state = {
     name: null,
@@ -26,6 +35,11 @@
     shownAt: 0,
     busy: false,
     lastVoteId: null, // what undo takes back
+    instructions: null, // the id of the question and guidelines on this page
+    press: null, // a mouse or touch press on an image: {side, pairId, pointerId, timer, held}
+    zoom: null, // the zoomed image: {side, by: "hold"|"key", w, h, rect, fx, fy}
+    hover: null, // the image under the pointer ("left" / "right")
+    pointer: null, // where the pointer last was: {x, y}
   };
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -118,6 +132,7 @@
   }
 
   function show(pair) {
+    unzoom();
     state.current = pair;
     $("done").hidden = !!pair;
     document.querySelector(".pair").hidden = !pair;
@@ -208,6 +223,7 @@
 
   async function decide(side) {
     if (state.busy || !state.current) return;
+    unzoom();
     state.busy = true;
     setButtons(false);
     const pair = state.current;
@@ -218,6 +234,7 @@
       right: pair.right,
       choice: side,
       time_ms: Math.max(0, Math.round(performance.now() - state.shownAt)),
+      instructions: state.instructions,
     };
     localStorage.setItem(PENDING_KEY, JSON.stringify(vote));
     setStatus("saving\u2026");
@@ -280,6 +297,91 @@
     }
   }
 
+  // -- zoom --------------------------------------------------------------------------------------------
+
+  const clamp01 = (x) => Math.min(1, Math.max(0, x));
+
+  function placeZoom() {
+    const z = state.zoom;
+    if (!z) return;
+    const W = window.innerWidth;
+    const H = window.innerHeight;
+    // larger than the window: the pointer's place on the page's image picks the part shown
+    const left = z.w <= W ? (W - z.w) / 2 : -(z.w - W) * clamp01(z.fx);
+    const top = z.h <= H ? (H - z.h) / 2 : -(z.h - H) * clamp01(z.fy);
+    $("zoom-img").style.transform = `translate(${Math.round(left)}px, ${Math.round(top)}px)`;
+  }
+
+  function aim(x, y) {
+    const z = state.zoom;
+    if (!z || x === undefined) return;
+    z.fx = (x - z.rect.left) / z.rect.width;
+    z.fy = (y - z.rect.top) / z.rect.height;
+    placeZoom();
+  }
+
+  function zoom(side, by, x, y) {
+    const src = $(`img-${side}`);
+    if (!state.current || !src.naturalWidth || !src.naturalHeight) return;
+    const nw = src.naturalWidth;
+    const nh = src.naturalHeight;
+    const fit = Math.min(window.innerWidth / nw, window.innerHeight / nh);
+    const scale = fit > 1 ? fit : 1; // smaller than the window: as large as it fits; else full size
+    const img = $("zoom-img");
+    img.src = src.src;
+    img.style.width = `${Math.round(nw * scale)}px`;
+    img.style.height = `${Math.round(nh * scale)}px`;
+    img.classList.toggle("pixelated", scale >= 2);
+    state.zoom = { side, by, w: nw * scale, h: nh * scale, rect: src.getBoundingClientRect(), fx: 0.5, fy: 0.5 };
+    aim(x, y);
+    placeZoom();
+    $("zoom").hidden = false;
+    document.body.dataset.zoom = side;
+  }
+
+  function unzoom() {
+    if (!state.zoom) return;
+    state.zoom = null;
+    $("zoom").hidden = true;
+    delete document.body.dataset.zoom;
+  }
+
+  function endPress(e, choose) {
+    const press = state.press;
+    if (!press || (e && e.pointerId !== press.pointerId)) return;
+    state.press = null;
+    clearTimeout(press.timer);
+    if (press.held) unzoom();
+    // a click: released on the image it began on, with the same pair still on screen
+    else if (choose && e.target === $(`img-${press.side}`) && state.current?.pair_id === press.pairId) {
+      decide(press.side);
+    }
+  }
+
+  function watchImage(side) {
+    const img = $(`img-${side}`);
+    img.addEventListener("load", () => {
+      if (!img.naturalWidth || !img.naturalHeight) return;
+      img.closest("figure").style.setProperty("--ar", String(img.naturalWidth / img.naturalHeight));
+      img.classList.toggle("pixelated", img.naturalWidth <= 256 && img.naturalHeight <= 256);
+    });
+    img.addEventListener("pointerenter", () => (state.hover = side));
+    img.addEventListener("pointerleave", () => {
+      if (state.hover === side) state.hover = null;
+    });
+    img.addEventListener("contextmenu", (e) => e.preventDefault()); // a long touch zooms, no menu
+    img.addEventListener("pointerdown", (e) => {
+      if (e.button !== 0 || !state.current || state.press) return;
+      e.preventDefault(); // no text selection, no dragged image
+      const press = { side, pairId: state.current.pair_id, pointerId: e.pointerId, held: false, timer: null };
+      press.timer = setTimeout(() => {
+        press.held = true;
+        zoom(side, "hold", e.clientX, e.clientY);
+      }, HOLD_MS);
+      state.press = press;
+    });
+  }
+
   function askName() {
     $("name-input").value = state.name || "";
     $("name-overlay").hidden = false;
@@ -309,10 +411,32 @@
       $(id).addEventListener("click", () => decide($(id).dataset.choice));
     }
     $("btn-undo").addEventListener("click", undo);
+    state.instructions = document.querySelector('meta[name="prefkit-instructions"]').content;
+    for (const side of SIDES) watchImage(side);
+    window.addEventListener("pointerup", (e) => endPress(e, true));
+    window.addEventListener("pointercancel", (e) => endPress(e, false));
+    window.addEventListener("pointermove", (e) => {
+      state.pointer = { x: e.clientX, y: e.clientY };
+      if (state.zoom) aim(e.clientX, e.clientY);
+    });
+    window.addEventListener("blur", () => {
+      endPress(null, false);
+      unzoom();
+    });
+    window.addEventListener("resize", placeZoom);
+    document.addEventListener("keyup", (e) => {
+      if ((e.key === "z" || e.key === "Z") && state.zoom && state.zoom.by === "key") unzoom();
+    });
     document.addEventListener("keydown", (e) => {
       if (!$("name-overlay").hidden || e.target instanceof HTMLInputElement) return;
       if (e.repeat || e.ctrlKey || e.altKey || e.metaKey) return; // a held key is one decision
-      if (e.key in CHOICE_KEYS) {
+      if (e.key === "Escape") {
+        unzoom();
+      } else if (e.key === "z" || e.key === "Z") {
+        e.preventDefault();
+        const at = state.hover && state.pointer ? [state.pointer.x, state.pointer.y] : [];
+        if (!state.zoom) zoom(state.hover || "left", "key", ...at);
+      } else if (e.key in CHOICE_KEYS) {
         e.preventDefault();
         decide(CHOICE_KEYS[e.key]);
       } else if (e.key === "u" || e.key === "U") {
