@@ -240,3 +240,16 @@ def test_t5_padding_follows_the_tokenizer_limit(tiny_models, family, tokenizer, 
     pe = family_of(pipe).encode(["a cat"], None).prompt_embeds
     clip_tokens = 77 if family == "sd3" else 0  # SD3 concatenates CLIP (77) and T5 tokens; FLUX uses T5 only
     assert pe.shape[1] == clip_tokens + 32
+
+
+def test_a_size_beyond_the_position_embedding_is_refused_in_one_line(tiny_models):
+    """tiny-sd3's transformer embeds positions for at most 64 x 64 latents (128 px): a larger size is a
+    one-line error naming the limit, not a traceback from inside diffusers."""
+    from prefkit.errors import PrefkitError
+    from prefkit.families import family_of, load_pipeline
+
+    family = family_of(load_pipeline(tiny_models["sd3"]))
+    assert family.max_size() == 128
+    family.check_size(128, 128)
+    with pytest.raises(PrefkitError, match=r"--height 768: this sd3 model takes at most 128 px"):
+        family.check_size(768, 64)

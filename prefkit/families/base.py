@@ -298,13 +298,22 @@ class Family:
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         raise NotImplementedError
 
+    def max_size(self) -> int | None:
+        """The largest height or width the denoiser takes, in pixels (None: no fixed limit)."""
+        return None
+
     def check_size(self, height: int, width: int) -> None:
-        m = self.size_multiple()
+        m, limit = self.size_multiple(), self.max_size()
         for name, value in (("--height", height), ("--width", width)):
             if value <= 0 or value % m:
                 raise PrefkitError(
                     f"{name} {value}: this {self.name} model takes sizes that are positive multiples of "
                     f"{m} px (VAE downscale x{self.vae_scale_factor}); try {max(m, round(value / m) * m)}"
+                )
+            if limit is not None and value > limit:
+                raise PrefkitError(
+                    f"{name} {value}: this {self.name} model takes at most {limit} px (its position "
+                    f"embedding covers {limit // self.vae_scale_factor} latent pixels); try {limit} or less"
                 )
 
     def scheduler_info(self) -> dict[str, Any]:

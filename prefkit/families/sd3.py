@@ -30,6 +30,12 @@ class SD3Family(FlowFamily):
     def size_multiple(self):
         return self.vae_scale_factor * self.pipe.transformer.config.patch_size
 
+    def max_size(self):
+        cfg = self.pipe.transformer.config
+        if not cfg.get("pos_embed_max_size"):
+            return None
+        return cfg.pos_embed_max_size * cfg.patch_size * self.vae_scale_factor
+
     def latent_shape(self, height, width):
         c = self.pipe.transformer.config.in_channels
         return (c, height // self.vae_scale_factor, width // self.vae_scale_factor)
