@@ -415,6 +415,13 @@ class LoopConfig:
         "applied to every round.",
         panel="Train",
     )
+    base_line: bool = field(
+        True,
+        "Also sample and score the base model on each round's seeds and prompts (round-NNN/base): "
+        "rounds.jsonl's paired gain and rewards.png's base line tell training from the seeds' luck.",
+        flags=("--base-line/--no-base-line",),
+        panel="Rounds",
+    )
     device: str = field(
         "auto",
         "Where the model runs: auto (CUDA when present, else the CPU), cpu or cuda; several GPUs: accelerate launch.",

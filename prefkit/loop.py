@@ -71,10 +71,18 @@ def run_loop(cfg: LoopConfig) -> list[dict[str, Any]]:
         lora = round_dir(out, r - 1) / "train" / "lora" if r > 0 else None
         _generate(cfg, data, lora, r)
         _label(cfg, data, name)
+        base = data  # round 0 samples with the base model already
+        if cfg.base_line and r > 0:  # the base model on the round's seeds and prompts: a paired baseline
+            base = rdir / "base"
+            _generate(cfg, base, None, r)
+            _label(cfg, base, name)
         train = None
         if r < cfg.rounds:
             train = _train(cfg, extra, data, train_out, lora, name, r)
-        records.append(_record(r, data, name, lora, train, train_out, time.perf_counter() - t0))
+        record = _record(r, data, name, lora, train, train_out, time.perf_counter() - t0)
+        if cfg.base_line:
+            record.update(_base_line(data, base, name))
+        records.append(record)
         _write_records(out, records)
     plot_rewards(records, out / "rewards.png", f"{cfg.objective}, {cfg.source}")
     return records
@@ -189,19 +197,52 @@ def _train(
 
 
 def round_scores(data: Path, name: str) -> list[float]:
+    return list(keyed_scores(data, name).values())
+
+
+def keyed_scores(data: Path, name: str) -> dict[str, float]:
+    """Sample key -> score of the round's label set, in file order."""
     from prefkit.label_sets import label_paths
 
     path = label_paths(data, name)["scores"]
     if not path.is_file():
         raise PrefkitError(f"{path}: no such file: the loop's --source must score samples")
-    return [json.loads(ln)["score"] for ln in path.read_text().splitlines() if ln.strip()]
+    records = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    return {rec["key"]: rec["score"] for rec in records}
+
+
+def _base_line(data: Path, base: Path, name: str) -> dict[str, Any]:
+    """The base model's mean score on the round's seeds and prompts, and the paired gain of the round's
+    policy over it (same sample keys = same prompt and initial noise), each with its 95 % t interval."""
+    from prefkit.math.stats import mean_interval
+
+    policy, reference = keyed_scores(data, name), keyed_scores(base, name)
+    keys = [k for k in policy if k in reference]
+    if not keys:
+        raise PrefkitError(
+            f"{base}: no sample key in common with {data}; the baseline must use the round's seeds"
+        )
+    b = mean_interval([reference[k] for k in keys])
+    g = mean_interval([policy[k] - reference[k] for k in keys])
+    return {
+        "base_data": str(base),
+        "base_score_mean": b["mean"],
+        "base_score_low": b["low"],
+        "base_score_high": b["high"],
+        "gain_mean": g["mean"],
+        "gain_low": g["low"],
+        "gain_high": g["high"],
+    }
 
 
 def _record(r: int, data: Path, name: str, lora, train, train_out: Path, seconds: float) -> dict[str, Any]:
+    from prefkit.math.stats import mean_interval
+
     scores = round_scores(data, name)
     n = len(scores)
     mean = sum(scores) / n
     std = math.sqrt(sum((s - mean) ** 2 for s in scores) / max(n - 1, 1))
+    ci = mean_interval(scores)
     return {
         "round": r,
         "data": str(data),
@@ -210,6 +251,8 @@ def _record(r: int, data: Path, name: str, lora, train, train_out: Path, seconds
         "score_mean": mean,
         "score_std": std,
         "score_se": std / math.sqrt(n),
+        "score_low": ci["low"],
+        "score_high": ci["high"],
         "lora": str(train_out / "lora") if train is not None else None,
         "train": train["final"] if train is not None else None,
         "seconds": seconds,
@@ -225,15 +268,26 @@ def _write_records(out: Path, records: list[dict[str, Any]]) -> None:
 
 
 def plot_rewards(records: list[dict[str, Any]], path: Path, title: str) -> Path:
-    """Mean score per round with +-1 standard error bars, drawn with PIL (no plotting library)."""
+    """Mean score per round with its 95 % interval, and (when measured) the base model's on the same
+    seeds and prompts, drawn with PIL (no plotting library). A rise of the policy's line that the base
+    line shares is the seeds' doing, not training's."""
     from PIL import Image, ImageDraw
 
     W, H, left, right, top, bottom = 640, 400, 80, 24, 40, 56
     img = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(img)
     xs = [rec["round"] for rec in records]
-    lo = min(rec["score_mean"] - rec["score_se"] for rec in records)
-    hi = max(rec["score_mean"] + rec["score_se"] for rec in records)
+    series = [("score", (31, 119, 180), "policy")]
+    if all(rec.get("base_score_mean") is not None for rec in records):
+        series.append(("base_score", (255, 127, 14), "base model, same seeds"))
+
+    def band(rec, key):
+        mean = rec[f"{key}_mean"]
+        low, high = rec.get(f"{key}_low"), rec.get(f"{key}_high")
+        return (mean, mean) if low is None or high is None else (low, high)
+
+    values = [v for rec in records for key, _, _ in series for v in band(rec, key)]
+    lo, hi = min(values), max(values)
     if hi - lo < 1e-12:
         lo, hi = lo - 1, hi + 1
     pad = 0.08 * (hi - lo)
@@ -255,16 +309,17 @@ def plot_rewards(records: list[dict[str, Any]], path: Path, title: str) -> Path:
         d.line([px(x), H - bottom, px(x), H - bottom + 4], fill="black")
         d.text((px(x) - 4, H - bottom + 8), str(x), fill="black")
     d.text((W // 2 - 20, H - 22), "round", fill="black")
-    d.text((left, 12), f"mean score of the round's samples (+-1 s.e.) -- {title}", fill="black")
-    pts = [(px(rec["round"]), py(rec["score_mean"])) for rec in records]
-    if len(pts) > 1:
-        d.line(pts, fill=(31, 119, 180), width=2)
-    for rec, (x, y) in zip(records, pts, strict=True):
-        d.line(
-            [x, py(rec["score_mean"] - rec["score_se"]), x, py(rec["score_mean"] + rec["score_se"])],
-            fill="gray",
-        )
-        d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(31, 119, 180))
+    d.text((left, 12), f"mean score of the round's samples (95 % interval) -- {title}", fill="black")
+    for i, (key, colour, label) in enumerate(series):
+        shift = 4 * i  # side by side, so the two bars stay apart
+        pts = [(px(rec["round"]) + shift, py(rec[f"{key}_mean"])) for rec in records]
+        if len(pts) > 1:
+            d.line(pts, fill=colour, width=2)
+        for rec, (x, y) in zip(records, pts, strict=True):
+            low, high = band(rec, key)
+            d.line([x, py(low), x, py(high)], fill=colour)
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        d.text((left + 8, top + 6 + 14 * i), label, fill=colour)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())

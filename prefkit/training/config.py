@@ -154,6 +154,16 @@ class CommonTrainConfig:
         "the stored lp differ from the sampling policy's beyond rounding; the old policy is then live).",
         panel="Run",
     )
+    validation_prompts: list[str] = _free(
+        help="A prompt sampled with the current LoRA every --validation-every steps (fixed seeds): the images "
+        "go to OUT/validation/step-N.png and to the --log-with trackers. Repeat for several.",
+        default_factory=list,
+        panel="Run",
+        flags=("--validation-prompt",),
+    )
+    validation_every: int = _free(
+        0, "Sample the --validation-prompt images every N optimizer steps (0 = never).", panel="Run"
+    )
     log_with: str | None = _free(
         None,
         "Also log to accelerate trackers: tensorboard, wandb (comma-separated).",

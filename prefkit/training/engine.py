@@ -172,7 +172,7 @@ def begin_outputs(run: Run) -> None:
         )
 
 
-def train_loop(run: Run, pairs: list, step, unit: str = "pairs") -> dict[str, Any]:
+def train_loop(run: Run, pairs: list, step, unit: str = "pairs", on_step=None) -> dict[str, Any]:
     """The optimizer steps: micro-batches of pair positions (seeded order, see the module docstring),
     accumulation, NaN stop, clipping, AdamW, schedule, metrics.jsonl, progress and checkpoints.
 
@@ -243,6 +243,8 @@ def train_loop(run: Run, pairs: list, step, unit: str = "pairs") -> dict[str, An
                 f"acc {last['accuracy']:.2f}" if "accuracy" in last else f"clipfrac {last['clipfrac']:.2f}"
             )
             advance(1, f"loss {last['loss']:.4f}  {shown}  {last[f'{unit}_per_s']:.1f} {unit}/s")
+            if on_step is not None:  # e.g. validation images (prefkit.training.validation)
+                on_step(state["step"])
             if (
                 cfg.checkpoint_every
                 and state["step"] % cfg.checkpoint_every == 0

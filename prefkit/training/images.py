@@ -171,6 +171,19 @@ class ImageData:
             "resolution": self.size,
         }
 
+    def validation_sampler(self):
+        """Validation images at the training resolution, with generate's default number of steps."""
+        from prefkit.config import GenerateConfig
+        from prefkit.sampling import SamplerSettings
+
+        return SamplerSettings(
+            steps=GenerateConfig.steps,
+            guidance=self.guidance,  # --guidance, else 3.5 (FLUX.1-dev's embedded value; a mild CFG elsewhere)
+            noise=self.family.default_noise,
+            height=self.size,
+            width=self.size,
+        )
+
     def result(self) -> dict[str, Any]:
         """Entries of run_train's result besides the metrics: the pair counts."""
         return self.info

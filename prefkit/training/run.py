@@ -17,6 +17,7 @@ from prefkit.progress import note
 from prefkit.training.config import TrainConfig, resolve, unread_flags
 from prefkit.training.recommended import apply_recommended
 from prefkit.training.table import IMAGE_PAIRS, objective
+from prefkit.training.validation import check_validation, validation_hook
 
 
 def data_kind(kind: str):
@@ -71,6 +72,7 @@ def run_train(cfg: TrainConfig, given: frozenset[str] | None = None) -> dict[str
     folder = Path(resolve_model(data.load_from))
     cfg, recommended = apply_recommended(cfg, folder, given) if folder.is_dir() else (cfg, [])
     cfg = resolve(cfg)
+    check_validation(cfg, data)
     check_out(out, cfg)
     accelerator = start_accelerator(cfg, out)
     ignored = [shown for shown, _ in unread_flags(cfg)]
@@ -87,7 +89,7 @@ def run_train(cfg: TrainConfig, given: frozenset[str] | None = None) -> dict[str
     step = Step(cfg, run, data)
     step.prepare()
     begin_outputs(run)
-    last = train_loop(run, data.items, step, unit=Step.unit)
+    last = train_loop(run, data.items, step, unit=Step.unit, on_step=validation_hook(cfg, run, data))
     step.save(out)
     summary: dict[str, Any] = {"final": last, **data.summary(), "objective": cfg.objective, **step.summary()}
     if cfg.init_lora:

@@ -402,6 +402,10 @@ class TrajectoryData:
     def summary(self) -> dict[str, Any]:
         return {"labels": self.info, "dataset": str(self.folder), "model": self.model}
 
+    def validation_sampler(self):
+        """Validation images are sampled as the dataset was (steps, guidance, noise, size)."""
+        return self.sampler
+
     def result(self) -> dict[str, Any]:
         """Entries of run_train's result besides the metrics: none."""
         return {}

@@ -242,6 +242,14 @@ def test_loop_one_round_then_resume_adds_a_round(tiny_models, scorer_module, tmp
     assert Image.open(out / "rewards.png").size == (640, 400)
     manifest = json.loads((out / "round-001" / "data" / "manifest.json").read_text())
     assert manifest["settings"]["lora"] == str((out / "round-000" / "train" / "lora").resolve())
+    # the base line: round 0 is the base model itself (gain exactly 0); round 1's base model sampled the
+    # round's seeds and prompts, so its scores pair with the policy's sample by sample
+    assert lines[0]["base_data"] == lines[0]["data"] and lines[0]["gain_mean"] == 0.0
+    base = json.loads((out / "round-001" / "base" / "manifest.json").read_text())
+    assert base["settings"]["lora"] is None and base["settings"]["seed"] == manifest["settings"]["seed"]
+    assert lines[1]["base_data"] == str(out / "round-001" / "base")
+    assert lines[1]["gain_low"] <= lines[1]["gain_mean"] <= lines[1]["gain_high"]
+    assert abs(lines[1]["score_mean"] - lines[1]["base_score_mean"] - lines[1]["gain_mean"]) < 1e-9
 
     # --rounds 2 with --resume keeps rounds 0-1's data and training, trains round 1 from round 0's LoRA
     cfg = LoopConfig(

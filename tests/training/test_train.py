@@ -640,3 +640,31 @@ def test_progress_display_without_quiet(cli, sd3_data, tiny_models, tmp_path, co
     res = cli(args)
     assert res.exit_code == 0, res.output
     assert expect in res.output
+
+
+# -- 12. validation images ----------------------------------------------------------------------------------
+
+
+def test_validation_images_every_n_steps_do_not_change_training(sd3_data, tmp_path):
+    """--validation-prompt / --validation-every: OUT/validation/step-N.png every N steps, sampled with fixed
+    seeds through the LoRA'd denoiser; the training run itself is unchanged (same metrics and LoRA)."""
+    from PIL import Image
+
+    common = {"max_steps": 2, "lr": LR, "checkpoint_every": 0}
+    plain = _train(sd3_data, tmp_path / "plain", **common)
+    seen = _train(
+        sd3_data,
+        tmp_path / "val",
+        validation_prompts=["a red circle", "a blue square"],
+        validation_every=1,
+        **common,
+    )
+    files = sorted(p.name for p in (tmp_path / "val" / "validation").iterdir())
+    assert files == ["step-000001.png", "step-000002.png"]
+    w, h = Image.open(tmp_path / "val" / "validation" / files[0]).size
+    assert w > 2 * 32 and h > 32  # two captioned 32 px images
+    assert plain["loss"] == seen["loss"] and plain["grad_norm"] == seen["grad_norm"]  # identical computations
+    lora = "lora/pytorch_lora_weights.safetensors"
+    _assert_same_lora(tmp_path / "plain" / lora, tmp_path / "val" / lora, atol=0)
+    with pytest.raises(PrefkitError, match="--validation-every needs the prompts"):
+        _train(sd3_data, tmp_path / "x", validation_every=1, **common)
