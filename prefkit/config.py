@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from prefkit.errors import PrefkitError
+from prefkit.prompts import builtin_lists
 
 
 def field(
@@ -99,7 +100,9 @@ class GenerateConfig:
     )
     prompts: str | None = field(
         None,
-        "A prompt file (UTF-8, one prompt a line, blank lines ignored) or a built-in list: animals.",
+        "A prompt file (UTF-8, one prompt a line, blank lines ignored) or a built-in list: "
+        + ", ".join(builtin_lists())
+        + ".",
         panel="Input",
     )
     samples_per_prompt: int = field(
@@ -352,7 +355,9 @@ class LoopConfig:
         help="A prompt; repeat the flag for several.", default_factory=list, panel="Generate"
     )
     prompts: str | None = field(
-        None, "A prompt file or a built-in list, as for `prefkit generate`.", panel="Generate"
+        None,
+        "A prompt file or a built-in list (" + ", ".join(builtin_lists()) + "), as for `prefkit generate`.",
+        panel="Generate",
     )
     samples_per_prompt: int = field(8, "Samples per prompt and round.", panel="Generate")
     steps: int = field(GenerateConfig.steps, "Denoising steps K per trajectory.", panel="Generate")
@@ -590,7 +595,9 @@ class EvalConfig:
     )
     prompts: str | None = field(
         None,
-        "Held-out prompts: a file (UTF-8, one a line) or a built-in list (animals, shapes).",
+        "Held-out prompts: a file (UTF-8, one a line) or a built-in list: "
+        + ", ".join(builtin_lists())
+        + ".",
         panel="Prompts",
     )
     samples_per_prompt: int = field(
