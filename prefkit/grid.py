@@ -141,7 +141,7 @@ def histogram_image(
     for v in positive:
         counts[min(bins - 1, int((math.log10(v) - lo) / (hi - lo) * bins))] += 1
     peak = max([*counts, zeros, 1])
-    x0 = left + zero_w + 6  # where the log axis starts
+    x0 = left + zero_w + 24  # where the log axis starts (room for the labels "0" and "1e-4" below)
 
     def xpos(v: float) -> float:
         return x0 + (math.log10(v) - lo) / (hi - lo) * (right - x0) if v > 0 else left + zero_w / 2
@@ -158,7 +158,7 @@ def histogram_image(
     draw.line([left, top, left, bottom], fill="black")
     draw.text((2, top - 6), str(peak), fill="black", font=font)
     draw.text((2, bottom - 12), "0", fill="black", font=font)
-    draw.text((left + 2, bottom + 3), "0", fill="black", font=font)
+    draw.text((left + zero_w / 2 - 3, bottom + 3), "0", fill="black", font=font)
     every = max(1, math.ceil((hi - lo) / 8))  # at most about 8 decade labels
     for d in range(lo, hi + 1):
         x = xpos(10.0**d)
@@ -169,7 +169,8 @@ def histogram_image(
     for i, (v, label, colour) in enumerate(marks):
         x = min(max(xpos(v), left), right) if v <= 0 or math.log10(v) >= lo else left + zero_w + 3
         draw.line([x, top, x, bottom], fill=colour, width=2)
-        draw.text((min(x + 3, right - 60), top + 2 + 12 * i), label, fill=colour, font=font)
+        tx = min(x + 3, right - draw.textlength(label, font=font))
+        draw.text((tx, top + 2 + 12 * i), label, fill=colour, font=font)
     draw.text(
         (left, bottom + 16), "gap (log scale; exact zeros in the bar at the left)", fill="black", font=font
     )
