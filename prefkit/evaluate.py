@@ -422,8 +422,9 @@ def summarize(rows: list[dict[str, Any]], scored: bool, kl: bool) -> dict[str, A
 
 def grid_image(kept: dict[tuple[int, int], tuple], prompts: list[str], rows_by_key: dict, scored: bool):
     """grid.png: per prompt (the first GRID_PROMPTS) a row of base | tuned pairs (its first GRID_SAMPLES
-    seeds), captioned with the scores; the tuned caption is green for a win, red for a loss."""
-    from prefkit.grid import PAD, cell_scale, image_grid
+    seeds), captioned with the scores; the tuned caption is green for a win, red for a loss. A footer says
+    how many prompts are not shown."""
+    from prefkit.grid import image_grid
 
     colour = {"win": (0, 128, 0), "loss": (192, 0, 0), "tie": (96, 96, 96), "none": (96, 96, 96)}
     groups = sorted({g for g, _ in kept})
@@ -444,8 +445,11 @@ def grid_image(kept: dict[tuple[int, int], tuple], prompts: list[str], rows_by_k
         rows.append(images)
         titles.append(f"{g}: {prompts[g]}")
         captions.append(caps)
-    w, h = rows[0][0].size
-    return image_grid(rows, titles, captions, scale=cell_scale(w, h), pad=PAD)
+    more = len(prompts) - len(groups)
+    left_out = (
+        f"{more} more prompt(s) not shown: grid.png shows the first {len(groups)}" if more > 0 else None
+    )
+    return image_grid(rows, titles, captions, left_out=left_out)
 
 
 def write_outputs(out: Path, files: dict[str, bytes]) -> None:

@@ -431,21 +431,52 @@ def _write_embeddings(out: Path, j: int, tensors: dict[str, torch.Tensor]) -> No
     atomic_write_bytes(folder / f"{Path(SHARD_PATTERN % j).stem}.safetensors", data)
 
 
-def write_preview(out: Path, max_groups: int = 8, max_per_group: int = 8) -> Path | None:
-    """A PNG grid of the first groups (one row per prompt group) for people to look at."""
-    from prefkit.grid import image_grid
-    from prefkit.shards import iter_samples
+PREVIEW = "preview.png"
+PREVIEW_GROUPS, PREVIEW_SAMPLES = 32, 8  # preview.png: the first prompt groups, and the first samples of each
+# preview.png's cells: an image's long side is reduced to 128 px (small images are enlarged by an integer
+# factor to at least 128), so 32 groups x 8 samples of any model are at most 1060 x 4692 px
+PREVIEW_CELL = 128
 
+
+def write_preview(
+    out: Path, max_groups: int = PREVIEW_GROUPS, max_per_group: int = PREVIEW_SAMPLES
+) -> Path | None:
+    """preview.png, for people to look at: a row per prompt group (the first ``max_groups``) of its first
+    ``max_per_group`` images, the prompt above it, drawn by :func:`prefkit.grid.image_grid` (cells of
+    PREVIEW_CELL px whatever the model's size; a footer says how many groups are not shown). Reading stops
+    after the last row shown; only the images shown are decoded."""
+    import json
+
+    from prefkit.grid import image_grid
+    from prefkit.shards import iter_samples, load_png, shard_spec
+
+    plan = read_manifest(out)["plan"]
+    num_groups, per_group = plan["num_groups"], plan["samples_per_prompt"]
+    spec = shard_spec(out)
     rows: dict[int, list] = {}
-    for s in iter_samples(out):
-        g = s["record"]["group_id"]
-        if g not in rows and len(rows) == max_groups:
-            break
-        rows.setdefault(g, [])
+    titles: dict[int, str] = {}
+    for raw in iter_samples(out, decode=False, fields=["png", "json"]):
+        rec = json.loads(raw["json"])
+        g = rec["group_id"]
+        if g not in rows:
+            if len(rows) == max_groups:
+                break
+            rows[g], titles[g] = [], rec["prompt"]
         if len(rows[g]) < max_per_group:
-            rows[g].append(s["image"])
+            rows[g].append(load_png(raw["png"], spec, f"{out}: {raw['__key__']}.png"))
     if not rows:
         return None
-    path = out / "preview.png"
-    atomic_write_bytes(path, png_bytes(image_grid(list(rows.values()))))
+    more = num_groups - len(rows)
+    left_out = (
+        f"{more} more prompt group(s) not shown: the preview shows the first {len(rows)}"
+        if more > 0
+        else None
+    )
+    # "[8 of 12]" before the prompt, which is cut to the row's width
+    some = f" [{max_per_group} of {per_group}]" if per_group > max_per_group else ""
+    heads = [f"{g}{some}: {titles[g]}" for g in rows]
+    path = out / PREVIEW
+    atomic_write_bytes(
+        path, png_bytes(image_grid(list(rows.values()), heads, left_out=left_out, largest=PREVIEW_CELL))
+    )
     return path

@@ -24,6 +24,7 @@ from prefkit.label_sets import (
     pairs_from_scores,
     write_label_set,
 )
+from prefkit.math.stats import GAP_QUANTILES
 from prefkit.progress import progress
 
 # the importers' formats: prefkit, pickapic, d3po, csv, labelstudio, annotate
@@ -81,7 +82,14 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
         "tie_margin": cfg.tie_margin if scores is not None else None,
         "judge": judge.info(),
     }
-    return write_label_set(folder, name, pairs, meta, scores=scores, samples=samples)
+    meta = write_label_set(folder, name, pairs, meta, scores=scores, samples=samples)
+    if scores is not None and not cfg.quiet:  # a scorer: is the margin of the ties anywhere near the gaps?
+        summary = set_gaps([(p.key_0, p.key_1, p.judge) for p in pairs], scores, cfg.tie_margin)
+        if summary is not None:
+            from rich.console import Console
+
+            Console().print(gap_line(name, summary), highlight=False, soft_wrap=True)
+    return meta
 
 
 def _import_human(cfg: LabelConfig, samples: dict[str, SampleInfo]) -> tuple[list[Pair], dict[str, Any]]:
@@ -272,12 +280,80 @@ def _judge_pairs(judge, info, folder: Path, samples, kind: str, batch_size: int,
     return pairs
 
 
+# -- score gaps ------------------------------------------------------------------------------------------
+
+
+def set_gaps(pairs, scores: dict[str, float] | None, used: float | None) -> dict[str, Any] | None:
+    """:func:`prefkit.math.stats.gap_summary` of a set's (key_0, key_1, judge) pairs (``scores``: its
+    per-sample scores, if it has them; ``used``: its --tie-margin, None where none applied), with the gaps
+    themselves under ``gaps``; None when no pair carries two scores."""
+    from prefkit.label_sets import score_gaps
+    from prefkit.math.stats import gap_summary
+
+    gaps, per_sample = score_gaps(pairs, scores)
+    if not gaps:
+        return None
+    return {**gap_summary(gaps, list(per_sample.values()), used, suggest=used is not None), "gaps": gaps}
+
+
+def _num(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def gap_line(name: str, s: dict[str, Any]) -> str:
+    """One line: the quantiles of a set's score gaps, the suggested --tie-margin and how many pairs it
+    (and the margin used) would make ties."""
+    q = s["quantiles"]
+    parts = [f"{k} {_num(v)}" for k, v in q.items()]
+    line = f"score gaps of {name!r} ({s['pairs']} pairs): {', '.join(parts)}"
+    within = {w["margin"]: w for w in s["within"]}
+    if s["suggested"] is not None:
+        w = within[s["suggested"]]
+        line += (
+            f"; suggested --tie-margin {_num(s['suggested'])} (1% of the scores' IQR, a heuristic) would tie "
+            f"{w['pairs']} ({w['share']:.1%})"
+        )
+    if s["used"] is not None:
+        w = within[s["used"]]
+        line += f"; --tie-margin {_num(s['used'])} used: {w['pairs']} tie(s) ({w['share']:.1%})"
+    return line
+
+
+def write_gap_histogram(folder: Path, name: str, s: dict[str, Any]) -> Path:
+    """labels/NAME.gaps.png: the histogram of the set's score gaps (log scale), the margin used in grey
+    and the suggested one in red."""
+    from prefkit.fileio import atomic_write_bytes
+    from prefkit.grid import histogram_image
+    from prefkit.label_sets import gaps_path
+    from prefkit.shards import png_bytes
+
+    marks = []
+    if s["used"] is not None:
+        marks.append((s["used"], f"used {_num(s['used'])}", (96, 96, 96)))
+    if s["suggested"] is not None:
+        marks.append((s["suggested"], f"suggested {_num(s['suggested'])}", (192, 0, 0)))
+    title = f"{name}: |score_0 - score_1| of {s['pairs']} pairs"
+    path = gaps_path(folder, name)
+    atomic_write_bytes(path, png_bytes(histogram_image(s["gaps"], marks, title)))
+    return path
+
+
 def print_stats(folder: Path) -> list[dict[str, Any]]:
-    """`prefkit label stats DATASET`: one row per label set (pairs, ties, sources, agreement)."""
+    """`prefkit label stats DATASET`: one row per label set (pairs, ties, sources, agreement); then, for
+    every set whose pairs carry scores, the distribution of its score gaps (quantiles, pairs within
+    candidate margins, a suggested --tie-margin) and its histogram, labels/NAME.gaps.png. Each row's
+    ``gaps`` is :func:`set_gaps`'s summary (without the gaps themselves), or None."""
     from rich.console import Console
     from rich.table import Table
 
-    from prefkit.label_sets import label_sets, read_meta, read_pairs
+    from prefkit.label_sets import (
+        dataset_samples,
+        label_paths,
+        label_sets,
+        read_meta,
+        read_pairs,
+        read_scores,
+    )
     from prefkit.shards import read_manifest
 
     manifest = read_manifest(folder)
@@ -291,10 +367,15 @@ def print_stats(folder: Path) -> list[dict[str, Any]]:
     # decided = a winner; none = no usable verdict; raters = annotators; alpha = Krippendorff (nominal)
     for col in ("pairs", "decided", "ties", "none", "votes", "raters", "agree", "alpha"):
         table.add_column(col, justify="right", overflow="fold")
-    rows = []
+    gap_table = Table(title="score gaps |score_0 - score_1| of the pairs")
+    gap_table.add_column("set", no_wrap=True)
+    for col in ("pairs", *(k for k, _ in GAP_QUANTILES), "used", "suggested"):
+        gap_table.add_column(col, justify="right", overflow="fold")
+    rows, notes = [], []
+    samples = dataset_samples(folder) if names else {}
     for name in names:
         meta = read_meta(folder, name)
-        pairs = read_pairs(folder, name)
+        pairs = read_pairs(folder, name, samples)
         c, ag = meta["counts"], meta["agreement"]
         kinds = sorted({p["source"] for p in pairs})
         row = {"name": name, "source": meta["source"], "kinds": kinds, **c, **ag}
@@ -312,9 +393,47 @@ def print_stats(folder: Path) -> list[dict[str, Any]]:
             fmt(ag["percent_agreement"]),
             fmt(ag["krippendorff_alpha"]),
         )
+        scores = None
+        if label_paths(folder, name)["scores"].is_file():
+            scores = {r["key"]: float(r["score"]) for r in read_scores(folder, name, samples)}
+        gaps = set_gaps([(p["key_0"], p["key_1"], p["judge"]) for p in pairs], scores, meta.get("tie_margin"))
+        row["gaps"] = None
+        if gaps is None:
+            continue
+        gap_table.add_row(
+            name,
+            str(gaps["pairs"]),
+            *(_num(v) for v in gaps["quantiles"].values()),
+            "-" if gaps["used"] is None else _num(gaps["used"]),
+            "-" if gaps["suggested"] is None else _num(gaps["suggested"]),
+        )
+        within = ", ".join(
+            f"<= {_num(w['margin'])}: {w['pairs']} ({w['share']:.1%}"
+            + (", suggested" if w["suggested"] else "")
+            + (", used" if w["margin"] == gaps["used"] else "")
+            + ")"
+            for w in gaps["within"]
+        )
+        try:
+            picture = str(write_gap_histogram(folder, name, gaps))
+        except (PrefkitError, OSError) as exc:  # a read-only dataset: the numbers still stand
+            picture = f"not written ({exc})"
+        notes.append(f"{name}: pairs with a gap {within}; histogram {picture}")
+        row["gaps"] = {k: v for k, v in gaps.items() if k != "gaps"}
     console = Console()
     if not names:
         console.print(f"{folder}: no label sets yet (prefkit label {folder} --source ...)")
-    else:
-        console.print(table)
+        return rows
+    console.print(table)
+    if notes:
+        console.print(gap_table)
+        for line in notes:
+            console.print(line, highlight=False, soft_wrap=True)
+        console.print(
+            "suggested --tie-margin: 1% of the interquartile range of the set's per-sample scores, a "
+            "heuristic (no repeat scores to measure noise with); '-' where no margin applies "
+            "(a pairwise judge). docs/commands.md#prefkit-label",
+            highlight=False,
+            soft_wrap=True,
+        )
     return rows

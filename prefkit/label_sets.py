@@ -8,6 +8,7 @@ Shards are never modified. A label set NAME lives in ``DATASET/labels/``::
                         (schemas/labelset.schema.json)
 
 All three are written atomically at the end of a run: an interrupted run leaves no label file.
+``prefkit label stats`` adds ``NAME.gaps.png`` (a histogram of the score gaps; a view, not part of the set).
 
 Conventions (docs/formats.md sections 6-7, as Pick-a-Pic v2): ``label_0 = 1`` means sample ``key_0`` won, ``0.5 / 0.5`` is a
 tie, soft labels (several annotators) lie in between. Within a pair ``key_0 < key_1`` (the canonical
@@ -373,6 +374,36 @@ def label_paths(folder: Path, name: str) -> dict[str, Path]:
     }
 
 
+def gaps_path(folder: Path, name: str) -> Path:
+    """``labels/NAME.gaps.png``: the histogram of a set's score gaps that ``prefkit label stats`` draws.
+    A view of the set, not part of it (not in :func:`label_paths`): rewritten by every ``label stats``,
+    removed when the set is written again."""
+    return Path(folder) / LABELS_DIR / f"{name}.gaps.png"
+
+
+def score_gaps(
+    pairs: Iterable[tuple[str, str, dict[str, Any] | None]], scores: dict[str, float] | None = None
+) -> tuple[list[float], dict[str, float]]:
+    """The score gaps |score_0 - score_1| of a set's (key_0, key_1, judge) pairs, and the per-sample
+    scores they come from. A pair's scores are its judge's ``score_0`` / ``score_1``, else the set's
+    per-sample ``scores`` (NAME.scores.jsonl); pairs with neither are left out. Without ``scores`` the
+    per-sample scores are read off the pairs (the last pair naming a sample wins; for a pairwise judge,
+    whose scores belong to the pair, they only give a scale)."""
+    gaps: list[float] = []
+    per_sample: dict[str, float] = dict(scores or {})
+    for k0, k1, judge in pairs:
+        j = judge or {}
+        s0, s1 = j.get("score_0"), j.get("score_1")
+        if s0 is None or s1 is None:
+            if scores is None or k0 not in scores or k1 not in scores:
+                continue
+            s0, s1 = scores[k0], scores[k1]
+        elif scores is None:
+            per_sample.update({k0: float(s0), k1: float(s1)})
+        gaps.append(abs(float(s0) - float(s1)))
+    return gaps, per_sample
+
+
 def check_name(folder: Path, name: str, overwrite: bool) -> None:
     import re
 
@@ -438,6 +469,7 @@ def write_label_set(
         remove_quietly(stale)
     if scores is None:
         paths["scores"].unlink(missing_ok=True)  # a stale scores file of an overwritten set
+    gaps_path(folder, name).unlink(missing_ok=True)  # the old set's histogram (label stats draws it again)
     written: list[Path] = []
     try:
         written.append(paths["pairs"])

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -187,15 +188,47 @@ def test_manifest_is_complete_and_counts_match(generated, decoded, family):
     assert not (folder / ".partial").exists()
 
 
+def _preview_cell(height: int, width: int) -> tuple[int, int]:
+    """(w, h) of a preview cell: tiny images are enlarged by the integer factor that brings the long side
+    to 128 px or more (prefkit.grid.cell_scale)."""
+    k = -(-128 // max(height, width))
+    return width * k, height * k
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-def test_preview_has_one_row_per_group(generated, family):
+def test_preview_has_one_captioned_row_per_group(generated, decoded, family):
     path = generated[family] / "preview.png"
     assert path.is_file()
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    height, width = _size(family)
+    w, h = _preview_cell(*_size(family))
     with Image.open(path) as im:
         assert im.format == "PNG"
-        assert im.size == (SAMPLES * width, len(PROMPTS) * height)
+        # 4 px padding, a 14 px title band (the prompt) above each row; no footer: every group is shown
+        assert im.size == (4 + SAMPLES * (w + 4), 4 + len(PROMPTS) * (14 + h + 4))
+        preview = im.convert("RGB")
+    for g, rows in _by_group(decoded[family]).items():
+        top = 4 + g * (14 + h + 4)
+        band = preview.crop((4, top, preview.width - 4, top + 14))
+        assert band.getextrema() != ((255, 255), (255, 255), (255, 255)), f"group {g} has no title"
+        for i, row in enumerate(sorted(rows, key=lambda r: r["record"]["sample_index"])):
+            x = 4 + i * (w + 4)
+            cell = preview.crop((x, top + 14, x + w, top + 14 + h))
+            expected = row["image"].convert("RGB").resize((w, h), Image.Resampling.NEAREST)
+            assert cell.tobytes() == expected.tobytes(), f"group {g}, sample {i} is not in its cell"
+
+
+def test_preview_caps_groups_and_samples_and_says_so(generated, tmp_path):
+    from prefkit.generate import write_preview
+
+    folder = tmp_path / "copy"
+    shutil.copytree(generated[SHARED], folder)
+    path = write_preview(folder, max_groups=2, max_per_group=1)
+    w, h = _preview_cell(*_size(SHARED))
+    with Image.open(path) as im:
+        # 2 rows of 1 image, then a 16 px footer: "1 more prompt group(s) not shown ..." in red
+        assert im.size == (4 + 1 * (w + 4), 4 + 2 * (14 + h + 4) + 16)
+        footer = im.convert("RGB").crop((0, 4 + 2 * (14 + h + 4), im.width, im.height))
+    assert (192, 0, 0) in {c for _, c in footer.getcolors(1 << 16)}
 
 
 # -- plain webdataset --------------------------------------------------------------------------------------

@@ -176,3 +176,113 @@ def test_label_bad_input(dataset, cli, tmp_path):
     assert "--pairs" in err([dataset, "--source", "jpeg", "--pairs", "some"])
     assert "--name" in err([dataset, "--source", "jpeg", "--name", "../evil"])
     assert not (tmp_path / "missing").exists()
+
+
+# -- score gaps ------------------------------------------------------------------------------------------
+
+
+def test_gap_summary_of_known_gaps():
+    import numpy as np
+
+    from prefkit.math.stats import gap_summary, quantile, suggested_tie_margin
+
+    gaps = [0.0, 0.01, 0.03, 0.1, 0.5, 1.0, 2.0, 4.0, 5.0, 10.0]
+    scores = [float(i) for i in range(9)]  # IQR 6 - 2 = 4: the suggested margin is 1% of it
+    s = gap_summary(gaps, scores, used=0.0)
+    expected = {"min": 0.0, "10%": 0.009, "25%": 0.0475, "50%": 0.75, "75%": 3.5, "90%": 5.5, "max": 10.0}
+    assert s["quantiles"] == pytest.approx(expected)
+    assert list(s["quantiles"].values()) == pytest.approx(
+        np.percentile(gaps, [0, 10, 25, 50, 75, 90, 100]).tolist()
+    )
+    assert s["pairs"] == 10 and s["scores_iqr"] == 4.0 and s["suggested"] == 0.04 and s["used"] == 0.0
+    # candidates: 0, 0.1x, 1x, 5x, 10x the suggestion; a gap equal to the margin is a tie (<=)
+    assert [(w["margin"], w["pairs"], w["suggested"]) for w in s["within"]] == [
+        (0.0, 1, False),
+        (0.004, 1, False),
+        (0.04, 3, True),
+        (0.2, 4, False),
+        (0.4, 4, False),
+    ]
+    assert s["within"][2]["share"] == 0.3
+    # the margin used joins the candidates; without a margin (a pairwise judge) nothing is suggested
+    assert 0.03 in [w["margin"] for w in gap_summary(gaps, scores, used=0.03)["within"]]
+    assert gap_summary(gaps, scores, used=None, suggest=False)["suggested"] is None
+    # the rule: 2 significant digits; the range when the IQR is 0; 0 for equal scores
+    assert suggested_tie_margin([0.98954, 0.98995, 0.5, 0.7, 0.91]) == pytest.approx(0.0029)
+    assert suggested_tie_margin([1.0, 1.0, 1.0, 1.0, 3.0]) == 0.02
+    assert suggested_tie_margin([2.0, 2.0]) == 0.0 and suggested_tie_margin([]) == 0.0
+    assert quantile([3.0], 0.9) == 3.0
+    with pytest.raises(ValueError):
+        gap_summary([], scores)
+
+
+def _handmade_set(folder, name="handmade"):
+    """A scored label set with known gaps: group 0 scores 1, 1.001, 3; group 1 scores 2, 2, 5."""
+    from prefkit.label_sets import dataset_samples, write_label_set
+
+    samples = dataset_samples(folder)
+    values = {0: [1.0, 1.001, 3.0], 1: [2.0, 2.0, 5.0]}
+    scores = {key: values[info.group_id][int(key[-2:])] for key, info in samples.items()}
+    pairs = pairs_from_scores(scores, samples, "all", 0.0, source="ai", judge={"name": "handmade"})
+    meta = {"source": "handmade", "kind": "ai", "pairs_policy": "all", "tie_margin": 0.0}
+    write_label_set(folder, name, pairs, meta, scores=scores, samples=samples)
+
+
+def test_label_stats_shows_the_spread_of_score_gaps(dataset, cli, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    from prefkit.label import print_stats
+    from prefkit.label_sets import Pair, dataset_samples, write_label_set
+
+    folder = tmp_path / "ds"
+    shutil.copytree(dataset, folder)
+    shutil.rmtree(folder / "labels", ignore_errors=True)
+    _handmade_set(folder)
+    # a pairwise judge's set: scores belong to pairs, no --tie-margin applies
+    samples = dataset_samples(folder)
+    a, b = sorted(k for k, s in samples.items() if s.group_id == 0)[:2]
+    duel = [Pair(a, b, 0, samples[a].prompt, 1.0, "ai", judge={"score_0": 0.7, "score_1": 0.3})]
+    write_label_set(folder, "duel", duel, {"source": "duel", "kind": "ai", "tie_margin": None})
+
+    res = cli(["label", "stats", folder])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "score gaps" in out and "suggested --tie-margin" in out
+    # gaps 0, 0.001, 1.999, 2, 3, 3; scores' IQR 2.75 - 1.25075 -> 1% = 0.015 (2 digits)
+    assert "handmade: pairs with a gap <= 0: 1 (16.7%, used), <= 0.0015: 2 (33.3%)" in out
+    assert "<= 0.015: 2 (33.3%, suggested)" in out
+    png = folder / "labels" / "handmade.gaps.png"
+    assert f"histogram {png}" in out
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size == (480, 240)
+    rows = {r["name"]: r for r in print_stats(folder)}
+    g = rows["handmade"]["gaps"]
+    assert g["quantiles"] == pytest.approx(
+        {"min": 0.0, "10%": 0.0005, "25%": 0.5005, "50%": 1.9995, "75%": 2.75, "90%": 3.0, "max": 3.0}
+    )
+    assert g["suggested"] == 0.015 and g["used"] == 0.0 and g["pairs"] == 6
+    assert rows["duel"]["gaps"]["suggested"] is None and rows["duel"]["gaps"]["quantiles"][
+        "max"
+    ] == pytest.approx(0.4)
+    assert (folder / "labels" / "duel.gaps.png").is_file()
+    # writing the set again removes its old histogram; a set without scores has none
+    _handmade_set(folder)
+    assert not png.exists()
+    write_label_set(folder, "plain", [Pair(a, b, 0, "p", 1.0, "human")], {"source": "human", "kind": "human"})
+    assert rows.get("plain") is None and {r["name"]: r for r in print_stats(folder)}["plain"]["gaps"] is None
+
+
+def test_label_with_a_scorer_ends_with_the_gap_summary(dataset, cli, scorer_module, tmp_path):
+    import shutil
+
+    folder = tmp_path / "ds"
+    shutil.copytree(dataset, folder)
+    res = cli(["label", folder, "--source", f"python:{scorer_module}:brightness", "--name", "lit"])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "score gaps of 'lit' (6 pairs): min " in out and ", 50% " in out and ", max " in out
+    assert "suggested --tie-margin" in out and "--tie-margin 0 used: " in out
+    quiet = cli(["label", folder, "--source", f"python:{scorer_module}:brightness", "--name", "q", "-q"])
+    assert quiet.exit_code == 0 and "score gaps" not in quiet.output

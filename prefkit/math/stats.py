@@ -1,4 +1,5 @@
-"""Intervals for ``prefkit eval``: pure functions of numbers (no torch, no numpy needed).
+"""Intervals for ``prefkit eval`` and the score gaps of ``prefkit label stats``: pure functions of numbers
+(no torch, no numpy needed).
 
 * Win rate: the Wilson score interval (Wilson 1927) for a binomial proportion. With s successes of n
   trials, p = s / n and z the normal quantile (1.959964 for 95 %):
@@ -25,6 +26,14 @@
 * Means: mean +- t_{0.975, n-1} * sd / sqrt(n) (Student t; for paired score differences this is the
   paired t interval). The t quantile comes from a table for 1..30 degrees of freedom and the
   Cornish-Fisher expansion beyond (Abramowitz & Stegun 26.7.5; error < 1e-5 for df > 30).
+* Score gaps. A label set made from per-sample scores calls the pair with the higher score the winner
+  unless the gap |score_0 - score_1| is <= --tie-margin. :func:`gap_summary` gives the gaps' quantiles
+  (linear interpolation between order statistics, numpy's default), how many pairs fall within a few
+  candidate margins, and a suggested margin: 1 % of the interquartile range of the per-sample scores,
+  rounded to 2 significant digits (1 % of their range when the IQR is 0). That is a heuristic, not a
+  measurement: it calls two images whose scores differ by less than a hundredth of the usual spread of
+  scores equally good. The judges give the same image the same score, so there is no re-score noise to
+  measure; with a noisy judge, score the same images twice and use the spread of those differences.
 """
 
 from __future__ import annotations
@@ -109,4 +118,77 @@ def win_rate(wins: int, ties: int, losses: int) -> dict[str, Any]:
         "low": 0.5 + share * (q_lo - 0.5),
         "high": 0.5 + share * (q_hi - 0.5),
         "decisive": {"value": wins / decided, "low": q_lo, "high": q_hi},
+    }
+
+
+# -- score gaps ------------------------------------------------------------------------------------------
+
+GAP_QUANTILES = (
+    ("min", 0.0),
+    ("10%", 0.1),
+    ("25%", 0.25),
+    ("50%", 0.5),
+    ("75%", 0.75),
+    ("90%", 0.9),
+    ("max", 1.0),
+)
+TIE_MARGIN_SHARE = 0.01  # the suggested --tie-margin: this share of the scores' interquartile range
+CANDIDATE_FACTORS = (0.0, 0.1, 1.0, 5.0, 10.0)  # the candidate margins, in units of the suggested one
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """The q-quantile (0 <= q <= 1) of ``values`` by linear interpolation between the order statistics
+    (Hyndman & Fan type 7, numpy's default). ``values`` must not be empty."""
+    if not values:
+        raise ValueError("the quantile of no values")
+    if not 0 <= q <= 1:
+        raise ValueError(f"quantile {q} outside [0, 1]")
+    xs = sorted(values)
+    pos = q * (len(xs) - 1)
+    i = math.floor(pos)
+    if i + 1 >= len(xs):
+        return float(xs[-1])
+    return float(xs[i] + (pos - i) * (xs[i + 1] - xs[i]))
+
+
+def suggested_tie_margin(scores: Sequence[float]) -> float:
+    """1 % of the interquartile range of ``scores`` (1 % of their range when the IQR is 0), rounded to 2
+    significant digits; 0 when all scores are equal or there are none (module docstring: a heuristic)."""
+    if len(scores) < 2:
+        return 0.0
+    spread = quantile(scores, 0.75) - quantile(scores, 0.25) or max(scores) - min(scores)
+    return float(f"{TIE_MARGIN_SHARE * spread:.2g}")
+
+
+def gap_summary(
+    gaps: Sequence[float], scores: Sequence[float], used: float | None = None, suggest: bool = True
+) -> dict[str, Any]:
+    """The distribution of a label set's score gaps (|score_0 - score_1| of its pairs).
+
+    ``scores``: the per-sample scores the suggestion is taken from; ``used``: the --tie-margin the set was
+    made with (None: no margin applied, as for a pairwise judge); ``suggest=False`` leaves the suggestion
+    out (None) but keeps its scale for the candidates. Returns {pairs, quantiles: {min, 10%, ..., max},
+    scores_iqr, suggested, used, within: [{margin, pairs, share, suggested}] (pairs with gap <= margin,
+    for the candidate margins 0, 0.1x, 1x, 5x, 10x the suggested one, and the one used)}."""
+    n = len(gaps)
+    if n == 0:
+        raise ValueError("no gaps")
+    if any(g < 0 or not math.isfinite(g) for g in gaps):
+        raise ValueError("gaps must be finite and >= 0")
+    base = suggested_tie_margin(scores)
+    iqr = quantile(scores, 0.75) - quantile(scores, 0.25) if scores else None
+    margins = sorted(
+        {float(f"{f * base:.2g}") for f in CANDIDATE_FACTORS} | ({used} if used is not None else set())
+    )
+    within = []
+    for m in margins:
+        k = sum(g <= m for g in gaps)
+        within.append({"margin": m, "pairs": k, "share": k / n, "suggested": suggest and m == base})
+    return {
+        "pairs": n,
+        "quantiles": {name: quantile(gaps, q) for name, q in GAP_QUANTILES},
+        "scores_iqr": iqr,
+        "suggested": base if suggest else None,
+        "used": used,
+        "within": within,
     }
