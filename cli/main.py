@@ -94,7 +94,7 @@ _STATS_DATASET = inspect.Parameter(
     annotation=Annotated[
         str | None,
         typer.Argument(
-            help="With `stats` as the first argument: the dataset folder.",
+            help="With `stats` or `agreement` as the first argument: the dataset folder.",
             show_default=False,
             metavar="STATS_DATASET",
         ),
@@ -102,19 +102,51 @@ _STATS_DATASET = inspect.Parameter(
 )
 
 
+_AGREEMENT = [
+    inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            str | None, typer.Option(f"--{name}", help=text, show_default=False, rich_help_panel="Agreement")
+        ],
+    )
+    for name, text in (
+        ("judge", "With `agreement`: the label set of the judge to check (e.g. shapes, pickscore)."),
+        ("against", "With `agreement`: the label set to check it against (e.g. human votes)."),
+    )
+]
+
+
 @config_command(
     app,
     LabelConfig,
-    extra=[_STATS_DATASET],
-    overrides={"dataset": {"help": "Dataset folder, or `stats` followed by the folder for a summary table."}},
+    extra=[_STATS_DATASET, *_AGREEMENT],
+    overrides={
+        "dataset": {
+            "help": "Dataset folder; or `stats` then the folder for a summary table; or `agreement` then the "
+            "folder, with --judge A --against B"
+        }
+    },
 )
 def label(args: Invocation) -> None:
     """Label pairs within prompt groups: import human labels (--source human --input FILE) or run a judge
-    (--source jpeg|aesthetic|pickscore|llava|python:module:function). `prefkit label stats DATASET` summarises."""
+    (--source jpeg|aesthetic|pickscore|llava|python:module:function). `prefkit label stats DATASET` summarises;
+    `prefkit label agreement DATASET --judge A --against B` measures a judge against other labels."""
     from prefkit.errors import PrefkitError
 
     dataset, stats_dataset = args.values["dataset"], args.extra["stats_dataset"]
     try:
+        if dataset == "agreement":
+            judge, against = args.extra["judge"], args.extra["against"]
+            if stats_dataset is None or not judge or not against:
+                raise PrefkitError("usage: prefkit label agreement DATASET --judge NAME --against NAME")
+            from prefkit.agreement import agreement, print_agreement
+
+            print_agreement(agreement(Path(stats_dataset), judge, against))
+            return
+        if args.extra["judge"] or args.extra["against"]:
+            raise PrefkitError("--judge and --against go with `prefkit label agreement DATASET`")
         if dataset == "stats":
             if stats_dataset is None:
                 raise PrefkitError("usage: prefkit label stats DATASET")

@@ -34,6 +34,11 @@
   measurement: it calls two images whose scores differ by less than a hundredth of the usual spread of
   scores equally good. The judges give the same image the same score, so there is no re-score noise to
   measure; with a noisy judge, score the same images twice and use the spread of those differences.
+* Agreement of two raters on the same items (a judge against human votes): Cohen's kappa,
+  kappa = (p_o - p_e) / (1 - p_e), p_o the share of items both put in the same category, p_e the share
+  expected by chance, sum over categories of the product of the two raters' marginal shares (Cohen
+  1960). Its 95 % interval is kappa +- z SE with Cohen's large-sample SE = sqrt(p_o (1 - p_o) / n) /
+  (1 - p_e), clipped to [-1, 1]; it is undefined when p_e = 1 (both raters always give one category).
 """
 
 from __future__ import annotations
@@ -191,4 +196,29 @@ def gap_summary(
         "suggested": base if suggest else None,
         "used": used,
         "within": within,
+    }
+
+
+def cohen_kappa(a: Sequence[Any], b: Sequence[Any], z: float = Z95) -> dict[str, Any]:
+    """Cohen's kappa of two raters' categories ``a`` and ``b`` of the same items (module docstring):
+    {n, observed, expected, kappa, low, high}; kappa and its interval are None when undefined."""
+    n = len(a)
+    if n != len(b):
+        raise ValueError(f"{n} ratings against {len(b)}: the raters must rate the same items")
+    if n == 0:
+        return {"n": 0, "observed": None, "expected": None, "kappa": None, "low": None, "high": None}
+    observed = sum(x == y for x, y in zip(a, b, strict=True)) / n
+    categories = set(a) | set(b)
+    expected = math.fsum((list(a).count(c) / n) * (list(b).count(c) / n) for c in categories)
+    if expected >= 1.0:
+        return {"n": n, "observed": observed, "expected": expected, "kappa": None, "low": None, "high": None}
+    kappa = (observed - expected) / (1 - expected)
+    se = math.sqrt(observed * (1 - observed) / n) / (1 - expected)
+    return {
+        "n": n,
+        "observed": observed,
+        "expected": expected,
+        "kappa": kappa,
+        "low": max(-1.0, kappa - z * se),
+        "high": min(1.0, kappa + z * se),
     }
