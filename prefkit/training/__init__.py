@@ -12,6 +12,8 @@ Layout, one job per module:
   trajectories.py the trajectory data kinds (labelled pairs, scored samples): datasets, shards, prompts
   images.py       the image-pair data kind (Pick-a-Pic format) for Diffusion-DPO
   stored.py       may stored log-probs stand in for a live recomputation (the start-up measurement)
+  recommended.py  a model folder's recommended settings (prefkit_train.json)
+  validation.py   validation images every N steps (--validation-prompt, --validation-every)
 
 Adding an objective: its module in objectives/, its loss in prefkit/math/losses.py, its row in table.py.
 Importing this package imports no torch: the CLI reads the table and TrainConfig from here.
