@@ -176,10 +176,11 @@ def train_loop(run: Run, pairs: list, step, unit: str = "pairs", on_step=None) -
     """The optimizer steps: micro-batches of pair positions (seeded order, see the module docstring),
     accumulation, NaN stop, clipping, AdamW, schedule, metrics.jsonl, progress and checkpoints.
 
-    ``step(batch, sync)`` runs forward and backward of one micro-batch -- ``batch`` is a list of
-    (pair, epoch, position) -- and returns its metrics (``loss``, and ``accuracy`` for pairs).
-    ``pairs`` are the training items: pairs, or scored samples (``unit`` "samples"), each with a
-    ``shard``; the throughput is logged as ``{unit}_per_s``."""
+    ``step(batch, sync)`` runs forward and backward of one micro-batch -- ``batch`` is a
+    prefkit.training.batch.Batch (items with their epoch and position) -- and returns its metrics
+    (``loss``, and ``accuracy`` for pairs). ``pairs`` are the training items: pairs, scored samples
+    (``unit`` "samples") or image pairs, each with a ``shard``; the throughput is logged as
+    ``{unit}_per_s``. ``on_step(step)`` runs after each optimizer step (validation images)."""
     cfg, out, accelerator, state = run.cfg, run.out, run.accelerator, run.state
     main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
