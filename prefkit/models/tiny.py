@@ -43,12 +43,13 @@ __all__ = [
 ]
 
 from prefkit.models.parts import (
-    CLIP_MAX_LENGTH,
     PROMPT_WORDS,
     build_model_folder,
+    clip_text_config,
     clip_tokenizer,
     seed_component,
     t5_tokenizer,
+    tiny_vae,
 )
 
 #: Bumped whenever a builder's output changes, so stale cache folders are not reused.
@@ -57,24 +58,6 @@ CACHE_VERSION = "v1"
 # --------------------------------------------------------------------------------------------------
 # components
 # --------------------------------------------------------------------------------------------------
-
-
-def clip_text_config(tokenizer, hidden_size: int = 32, projection_dim: int = 32):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=CLIP_MAX_LENGTH,
-        projection_dim=projection_dim,
-        hidden_act="quick_gelu",
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
 
 
 def t5_encoder(tokenizer, d_model: int):
@@ -95,27 +78,6 @@ def t5_encoder(tokenizer, d_model: int):
         decoder_start_token_id=tokenizer.pad_token_id,
     )
     return T5EncoderModel(config)
-
-
-def _vae(latent_channels: int, *, scaling_factor: float, shift_factor: float | None, quant_conv: bool):
-    """AutoencoderKL with two blocks: downscale 2 (32 px image -> 16x16 latent)."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        latent_channels=latent_channels,
-        norm_num_groups=8,
-        sample_size=32,
-        scaling_factor=scaling_factor,
-        shift_factor=shift_factor,
-        use_quant_conv=quant_conv,
-        use_post_quant_conv=quant_conv,
-    )
 
 
 def make_sd15(seed: int):
@@ -139,7 +101,7 @@ def make_sd15(seed: int):
         attention_head_dim=8,
     )
     seed_component(seed, 2)
-    vae = _vae(4, scaling_factor=0.18215, shift_factor=None, quant_conv=True)
+    vae = tiny_vae(4, scaling_factor=0.18215, shift_factor=None, quant_conv=True)
     return sd15_pipeline(vae, text_encoder, tokenizer, unet)
 
 
@@ -197,7 +159,7 @@ def make_sd3(seed: int):
         pos_embed_max_size=32,  # up to 64x64 latents = 128 px images
     )
     seed_component(seed, 4)
-    vae = _vae(16, scaling_factor=1.5305, shift_factor=0.0609, quant_conv=False)
+    vae = tiny_vae(16, scaling_factor=1.5305, shift_factor=0.0609, quant_conv=False)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
     return StableDiffusion3Pipeline(
         transformer=transformer,
@@ -236,7 +198,7 @@ def make_flux(seed: int):
         axes_dims_rope=(4, 6, 6),
     )
     seed_component(seed, 3)
-    vae = _vae(latent_channels, scaling_factor=0.3611, shift_factor=0.1159, quant_conv=False)
+    vae = tiny_vae(latent_channels, scaling_factor=0.3611, shift_factor=0.1159, quant_conv=False)
     # As black-forest-labs/FLUX.1-dev scheduler_config.json.
     scheduler = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000,
