@@ -1,20 +1,23 @@
 """Tiny, randomly initialised text-to-image pipelines built entirely in code (no downloads).
 
-Three families are provided, each saved as an ordinary diffusers folder that loads back with a plain
+Four families are provided, each saved as an ordinary diffusers folder that loads back with a plain
 ``diffusers.DiffusionPipeline.from_pretrained(path)``:
 
 * ``tiny-sd15``: ``StableDiffusionPipeline`` (UNet + CLIP text encoder + VAE, DDIM as SD-1.5).
 * ``tiny-sd3``: ``StableDiffusion3Pipeline`` (MMDiT + two CLIP encoders + a tiny T5, flow matching).
 * ``tiny-flux``: ``FluxPipeline`` (FLUX transformer + CLIP + tiny T5, flow matching, true CFG).
+* ``tiny-sdxl``: ``StableDiffusionXLPipeline`` (UNet with size conditioning + two CLIP encoders + VAE,
+  DDIM as SDXL; built in :mod:`prefkit.models.tiny_sdxl`).
 
-SD-1.5 and SD3 default to 32x32 px images (16x16 latents, VAE downscale 2). FLUX has no configurable
+SD-1.5, SD3 and SDXL default to 32x32 px images (16x16 latents, VAE downscale 2). FLUX has no configurable
 default size (the pipeline hard-codes 128 x vae_scale_factor = 256 px), so pass ``height=32, width=32``.
 
 The models are meant for tests and demos: weights are random, so images are noise-like, but every code
 path (tokenizers, encoders, schedulers, VAE decode, LoRA) is the real one.
 
-The same registry also names two real-size random-weight models for benchmarks, ``sd15-random`` and
-``sd3-medium-random`` (:mod:`prefkit.models.real_size`; GB-sized, built into the cache on first use).
+The same registry also names three real-size random-weight models for benchmarks, ``sd15-random``,
+``sd3-medium-random`` and ``sdxl-random`` (:mod:`prefkit.models.real_size`; GB-sized, built into the
+cache on first use).
 
 Heavy libraries (torch, diffusers, transformers) are imported inside functions only.
 
@@ -39,6 +42,7 @@ __all__ = [
     "build_tiny_flux",
     "build_tiny_sd3",
     "build_tiny_sd15",
+    "build_tiny_sdxl",
     "resolve_builtin",
 ]
 
@@ -51,6 +55,7 @@ from prefkit.models.parts import (
     t5_tokenizer,
     tiny_vae,
 )
+from prefkit.models.tiny_sdxl import build_tiny_sdxl, make_sdxl
 
 #: Bumped whenever a builder's output changes, so stale cache folders are not reused.
 CACHE_VERSION = "v1"
@@ -250,15 +255,18 @@ BUILTIN_MODELS: dict[str, Callable[..., str]] = {
     "tiny-sd15": build_tiny_sd15,
     "tiny-sd3": build_tiny_sd3,
     "tiny-flux": build_tiny_flux,
-    # real size, random weights, for benchmarks (~2 GB and ~5.4 GB folders, built on first use)
+    "tiny-sdxl": build_tiny_sdxl,
+    # real size, random weights, for benchmarks (~2 GB, ~5.4 GB and ~6.7 GB folders, built on first use)
     "sd15-random": _real_size("sd15-random"),
     "sd3-medium-random": _real_size("sd3-medium-random"),
+    "sdxl-random": _real_size("sdxl-random"),
 }
 
 _MAKERS: dict[str, Callable[[int], Any]] = {
     "tiny-sd15": make_sd15,
     "tiny-sd3": make_sd3,
     "tiny-flux": make_flux,
+    "tiny-sdxl": make_sdxl,
 }
 
 _COMMITTED = ("tiny-sd3",)
