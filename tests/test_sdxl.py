@@ -105,6 +105,23 @@ def test_encoding_and_time_ids_are_the_pipelines(folder):
     assert fam.encode(PROMPTS, "a dog").negative_prompt_embeds.abs().sum() > 0
 
 
+def test_float16_vae_decodes_in_float32(folder):
+    """force_upcast (SDXL's VAE overflows in float16): the decoder runs in float32, as the pipeline's, and
+    the VAE is float16 again afterwards; the images are the float32 model's up to its float16 weights."""
+    import numpy as np
+
+    half = load_pipeline(folder, dtype=torch.float16)
+    assert half.vae.config.force_upcast
+    seen = []
+    half.vae.decoder.register_forward_pre_hook(lambda m, a: seen.append(a[0].dtype))
+    x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    images = family_of(half).decode(x)
+    assert seen == [torch.float32] and half.vae.dtype == torch.float16
+    full = family_of(load_pipeline(folder)).decode(x)
+    diff = np.abs(np.asarray(images[0], dtype=int) - np.asarray(full[0], dtype=int)).max()
+    assert diff <= 2  # 8-bit pixels: the weights' float16 rounding moves a pixel by at most a level or two
+
+
 # -- 1. eta 0 reproduces the stock pipeline ------------------------------------------------------------------
 
 
