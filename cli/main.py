@@ -234,8 +234,8 @@ def loop(args: Invocation) -> None:
 @config_command(app, BenchConfig, config_file=False)
 def bench(args: Invocation) -> None:
     """Measure prefkit against its baselines, as ratios taken in the same run. --model also takes the
-    real-size random-weight models sd15-random and sd3-medium-random (built on first use; meant for
-    --device cuda)."""
+    real-size random-weight models sd15-random, sd3-medium-random and sdxl-random (built on first use;
+    meant for --device cuda)."""
     import json
 
     from prefkit.bench import print_figures, run_bench, run_gpu_bench

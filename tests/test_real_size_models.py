@@ -1,5 +1,5 @@
-"""Real-size random-weight models (sd15-random, sd3-medium-random): their architectures are the published
-ones. Checked on the meta device (shapes only, nothing allocated), so the test is fast; nothing real-size
+"""Real-size random-weight models (sd15-random, sd3-medium-random, sdxl-random): their architectures are
+the published ones. Checked on the meta device (shapes only, nothing allocated), so the test is fast; nothing real-size
 is built or run here."""
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from prefkit.models import real_size, tiny  # noqa: E402
     [
         ("sd15-random", 859_520_964),  # runwayml/stable-diffusion-v1-5 UNet ("860M")
         ("sd3-medium-random", 2_028_328_000),  # stabilityai/stable-diffusion-3-medium transformer ("2B")
+        # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json built on the meta device: 2,567,463,684
+        # (the count quoted for SDXL base's UNet; the SDXL paper, arXiv 2307.01952, says "2.6B")
+        ("sdxl-random", 2_567_463_684),
     ],
 )
 def test_denoiser_parameter_count_is_the_published_one(name, published):
@@ -40,6 +43,18 @@ def test_shapes_agree_across_components():
     )
     assert t["in_channels"] == real_size.SD3_VAE["latent_channels"] == 16
     assert t["sample_size"] * 2 ** (len(real_size.SD3_VAE["block_out_channels"]) - 1) == 1024
+    u = real_size.SDXL_UNET
+    # SDXL: prompt embeddings are CLIP-L's and bigG's hidden states side by side; the added embedding is
+    # 6 time ids x addition_time_embed_dim + bigG's projected (pooled) text embedding
+    assert (
+        u["cross_attention_dim"]
+        == real_size.CLIP_L_TEXT["hidden_size"] + real_size.CLIP_G_TEXT["hidden_size"]
+    )
+    assert u["projection_class_embeddings_input_dim"] == (
+        6 * u["addition_time_embed_dim"] + real_size.CLIP_G_TEXT["projection_dim"]
+    )
+    assert u["in_channels"] == real_size.SDXL_VAE["latent_channels"] == 4
+    assert u["sample_size"] * 2 ** (len(real_size.SDXL_VAE["block_out_channels"]) - 1) == 1024
 
 
 def test_names_are_builtin_without_building():

@@ -1,4 +1,4 @@
-"""The model families: one module each (sd: SD 1.x/2.x, sd3, flux), a :class:`Family` subclass that
+"""The model families: one module each (sd: SD 1.x/2.x, sdxl, sd3, flux), a :class:`Family` subclass that
 names the diffusers pipelines it drives. ``family_of`` finds the adapter of a loaded pipeline by looking
 through the modules of this package, so adding a family is adding its module (docs/commands.md).
 """

@@ -10,6 +10,7 @@ family (found by ``family_of``, nothing to register):
 family    pipelines                         scheduler (sampling)       model output
 ========  ================================  =========================  ==============================
 ddim      StableDiffusionPipeline (1.x/2.x)  DDIMScheduler (eta > 0)   epsilon or v (converted to eps)
+sdxl      StableDiffusionXLPipeline          DDIMScheduler (eta > 0)   epsilon or v (converted to eps)
 sd3       StableDiffusion3Pipeline           FlowMatchEuler + SDE       velocity
 flux      FluxPipeline                       FlowMatchEuler + SDE       velocity (packed 2x2 tokens)
 ========  ================================  =========================  ==============================
@@ -86,9 +87,12 @@ def load_pipeline(
             "point --model at a diffusers pipeline folder or a Hub id"
         )
     if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") != 1):
+        from prefkit.models.tiny import BUILTIN_MODELS, TRAINED_MODELS
+
         raise PrefkitError(
             f"--model {model!r}: no such folder, and it is not a Hub id of the form OWNER/NAME; "
-            "give a diffusers pipeline folder, a Hub id, or a built-in name (tiny-shapes, tiny-sd3, tiny-sd15, tiny-flux, sd15-random, sd3-medium-random)"
+            "give a diffusers pipeline folder, a Hub id, or a built-in name "
+            f"({', '.join([*TRAINED_MODELS, *BUILTIN_MODELS])})"
         )
     skip = {}
     if without_text_encoders:
@@ -187,7 +191,7 @@ def _lora_tensors(module) -> int:
 class Conditioning:
     """Text conditioning of a batch, already paired with the negative prompt when CFG is on.
 
-    prompt_embeds: [B, L, H]; pooled: [B, P] (sd3, flux) or None; negative_*: the same shapes or None
+    prompt_embeds: [B, L, H]; pooled: [B, P] (sdxl, sd3, flux) or None; negative_*: the same shapes or None
     when guidance is off; text_ids: [L, 3] (flux only).
     """
 

@@ -1,10 +1,11 @@
 """The parts of prefkit's built-in models that both the tiny (:mod:`prefkit.models.tiny`) and the
-real-size (:mod:`prefkit.models.real_size`) builders use: the offline tiny tokenizers, per-component
-seeding, and building a model folder with an atomic publish.
+real-size (:mod:`prefkit.models.real_size`) builders use: the offline tiny tokenizers, the tiny CLIP
+text config and VAE, per-component seeding, and building a model folder with an atomic publish.
 
 They live here so that neither builder module imports the other back (no import cycle); the other
-model builders (:mod:`~prefkit.models.tiny_clip`, :mod:`~prefkit.models.tiny_judges`,
-:mod:`~prefkit.models.shapes_model`) and the benchmarks import them from here too.
+model builders (:mod:`~prefkit.models.tiny_sdxl`, :mod:`~prefkit.models.tiny_clip`,
+:mod:`~prefkit.models.tiny_judges`, :mod:`~prefkit.models.shapes_model`) and the benchmarks import them
+from here too.
 
 Heavy libraries (torch, diffusers, transformers) are imported inside functions only.
 """
@@ -136,6 +137,51 @@ def t5_tokenizer(words: tuple[str, ...] = PROMPT_WORDS, max_length: int = _T5_MA
     pieces += [("▁" + w, -5.0) for w in words]
     pieces += [(c, -8.0) for c in _T5_CHARS]
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=max_length)
+
+
+# --------------------------------------------------------------------------------------------------
+# tiny components
+# --------------------------------------------------------------------------------------------------
+
+
+def clip_text_config(tokenizer, hidden_size: int = 32, projection_dim: int = 32):
+    """A 2-layer CLIP text config of ``hidden_size`` whose vocabulary and special ids are ``tokenizer``'s."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=CLIP_MAX_LENGTH,
+        projection_dim=projection_dim,
+        hidden_act="quick_gelu",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def tiny_vae(latent_channels: int, *, scaling_factor: float, shift_factor: float | None, quant_conv: bool):
+    """AutoencoderKL with two blocks: downscale 2 (32 px image -> 16x16 latent)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=8,
+        sample_size=32,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+        use_quant_conv=quant_conv,
+        use_post_quant_conv=quant_conv,
+    )
 
 
 def seed_component(seed: int, offset: int) -> None:

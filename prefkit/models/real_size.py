@@ -11,6 +11,10 @@ and written here as a fact, so nothing is fetched at run time.
   the scheduler are those of ``stabilityai/stable-diffusion-3-medium-diffusers`` (transformer:
   2,028,328,000 parameters, the published "2B"); CLIP-L and CLIP-G (``text_encoder``,
   ``text_encoder_2``) are real-size too.
+* ``sdxl-random``: ``StableDiffusionXLPipeline`` at 1024 px. The UNet, the VAE and the scheduler
+  (EulerDiscreteScheduler, replaced by DDIM when prefkit loads it) are those of
+  ``stabilityai/stable-diffusion-xl-base-1.0`` (UNet: 2,567,463,684 parameters, the paper's "2.6B");
+  CLIP-L (``text_encoder``) and OpenCLIP-bigG with its projection (``text_encoder_2``) are real-size too.
 
 What is not the published model, and why it does not change what the bench measures:
 
@@ -31,7 +35,11 @@ model               denoiser parameters   folder on disk   peak RAM while buildi
 =================== ===================== ================ ======================= ====================
 sd15-random         0.86 B (UNet)         2.0 GB           2.0 GiB                  33 s
 sd3-medium-random   2.03 B (transformer)  5.5 GB           4.5 GiB                  86 s
+sdxl-random         2.57 B (UNet)         6.7 GB (*)       not measured             not measured
 =================== ===================== ================ ======================= ====================
+
+(*) sdxl-random has not been built here: 3.37 B parameters in all (UNet 2.567 B, bigG text 0.632 B with the
+tiny vocabulary, CLIP-L text 0.086 B, VAE 0.084 B, counted on the meta device) x 2 bytes in bfloat16.
 
 Components are built and saved one at a time in bfloat16 (never a float32 copy of the transformer,
 never the whole pipeline in memory), so peak RAM is about the largest component. Loading for the
@@ -53,6 +61,7 @@ __all__ = [
     "REAL_SIZE_MODELS",
     "build_sd3_medium_random",
     "build_sd15_random",
+    "build_sdxl_random",
     "denoiser_parameters",
 ]
 
@@ -187,11 +196,83 @@ T5_REDUCED: dict[str, Any] = {
 }
 _T5_MODEL_MAX_LENGTH = 512  # as the published T5 tokenizer; SD3 pads to 256 of them
 
+# -- SDXL: stabilityai/stable-diffusion-xl-base-1.0 ---------------------------------------------------
+
+#: unet/config.json of stabilityai/stable-diffusion-xl-base-1.0 (the keys that differ from diffusers'
+#: UNet2DConditionModel defaults, and the architecture's main ones). ``attention_head_dim`` is the number
+#: of heads per block (diffusers' historic name). The added embedding: 6 time ids x 256 + the pooled
+#: 1280 of text_encoder_2 = 2816 (``projection_class_embeddings_input_dim``).
+SDXL_UNET: dict[str, Any] = {
+    "act_fn": "silu",
+    "addition_embed_type": "text_time",
+    "addition_embed_type_num_heads": 64,
+    "addition_time_embed_dim": 256,
+    "attention_head_dim": (5, 10, 20),
+    "block_out_channels": (320, 640, 1280),
+    "center_input_sample": False,
+    "cross_attention_dim": 2048,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "out_channels": 4,
+    "projection_class_embeddings_input_dim": 2816,
+    "sample_size": 128,
+    "time_embedding_type": "positional",
+    "transformer_layers_per_block": (1, 2, 10),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "use_linear_projection": True,
+}
+
+#: vae/config.json of stabilityai/stable-diffusion-xl-base-1.0 (force_upcast: it overflows in float16).
+SDXL_VAE: dict[str, Any] = {
+    "act_fn": "silu",
+    "block_out_channels": (128, 256, 512, 512),
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "force_upcast": True,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 1024,
+    "scaling_factor": 0.13025,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+}
+
+#: scheduler/scheduler_config.json of stabilityai/stable-diffusion-xl-base-1.0 (EulerDiscreteScheduler), in
+#: full: Euler ignores clip_sample, set_alpha_to_one and the rest but keeps them in its config, and the DDIM
+#: prefkit samples SDXL with is made from that config (set_alpha_to_one False: the last step stays noisy).
+SDXL_SCHEDULER: dict[str, Any] = {
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "interpolation_type": "linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+    "use_karras_sigmas": False,
+}
+
 #: Published parameter counts of the denoisers (what ``denoiser_parameters`` must reproduce):
-#: SD-1.5's UNet 859,520,964 ("860M" in the model card); SD3-medium's MMDiT 2,028,328,000 ("2B").
+#: SD-1.5's UNet 859,520,964 ("860M" in the model card); SD3-medium's MMDiT 2,028,328,000 ("2B"); SDXL
+#: base 1.0's UNet 2,567,463,684 (the SDXL paper's "2.6B"; the count its unet/config.json yields).
 PUBLISHED_DENOISER_PARAMETERS: dict[str, int] = {
     "sd15-random": 859_520_964,
     "sd3-medium-random": 2_028_328_000,
+    "sdxl-random": 2_567_463_684,
 }
 
 _SAVE_DTYPE = "bfloat16"
@@ -261,11 +342,48 @@ def _sd3_parts() -> tuple[str, dict[str, Callable[[], Any]]]:
     }
 
 
+def _sdxl_parts() -> tuple[str, dict[str, Callable[[], Any]]]:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from prefkit.models.parts import clip_tokenizer
+
+    tok, tok_2 = clip_tokenizer(), clip_tokenizer()
+    return "StableDiffusionXLPipeline", {
+        "text_encoder": lambda: _clip_text("CLIPTextModel", CLIP_L_TEXT, tok),
+        "text_encoder_2": lambda: _clip_text("CLIPTextModelWithProjection", CLIP_G_TEXT, tok_2),
+        "unet": lambda: UNet2DConditionModel(**SDXL_UNET),
+        "vae": lambda: AutoencoderKL(**SDXL_VAE),
+        "tokenizer": lambda: tok,
+        "tokenizer_2": lambda: tok_2,
+        "scheduler": _sdxl_scheduler,
+    }
+
+
+def _sdxl_scheduler():
+    """Euler computes its sigmas when made: on the CPU, even where the other parts are made on the meta
+    device (only its config is saved)."""
+    import torch
+    from diffusers import EulerDiscreteScheduler
+
+    with torch.device("cpu"):
+        return EulerDiscreteScheduler.from_config(SDXL_SCHEDULER)
+
+
 _PARTS: dict[str, Callable[[], tuple[str, dict[str, Callable[[], Any]]]]] = {
     "sd15-random": _sd15_parts,
     "sd3-medium-random": _sd3_parts,
+    "sdxl-random": _sdxl_parts,
 }
-_DENOISER = {"sd15-random": "unet", "sd3-medium-random": "transformer"}
+_DENOISER = {"sd15-random": "unet", "sd3-medium-random": "transformer", "sdxl-random": "unet"}
+#: Constructor arguments of the pipeline class that are no component (model_index.json settings).
+_PIPELINE_EXTRA: dict[str, dict[str, Any]] = {
+    "StableDiffusionPipeline": {
+        "safety_checker": None,
+        "feature_extractor": None,
+        "requires_safety_checker": False,
+    },
+    "StableDiffusionXLPipeline": {"force_zeros_for_empty_prompt": True, "add_watermarker": False},
+}
 REAL_SIZE_MODELS = tuple(_PARTS)
 
 
@@ -304,9 +422,7 @@ def write_pipeline(name: str, folder: str | Path, seed: int = 0) -> None:
     with torch.device("meta"):
         meta = {k: make() for k, make in parts.items()}
     pipe_cls = getattr(diffusers, cls_name)
-    extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-    extra = extra if cls_name == "StableDiffusionPipeline" else {}
-    pipe_cls(**meta, **extra).save_config(folder)
+    pipe_cls(**meta, **_PIPELINE_EXTRA.get(cls_name, {})).save_config(folder)
     del meta
     for offset, (key, make) in enumerate(parts.items()):
         seed_component(seed, offset)
@@ -333,3 +449,4 @@ def _builder(name: str) -> Callable[..., str]:
 
 build_sd15_random = _builder("sd15-random")
 build_sd3_medium_random = _builder("sd3-medium-random")
+build_sdxl_random = _builder("sdxl-random")

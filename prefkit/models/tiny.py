@@ -1,20 +1,23 @@
 """Tiny, randomly initialised text-to-image pipelines built entirely in code (no downloads).
 
-Three families are provided, each saved as an ordinary diffusers folder that loads back with a plain
+Four families are provided, each saved as an ordinary diffusers folder that loads back with a plain
 ``diffusers.DiffusionPipeline.from_pretrained(path)``:
 
 * ``tiny-sd15``: ``StableDiffusionPipeline`` (UNet + CLIP text encoder + VAE, DDIM as SD-1.5).
 * ``tiny-sd3``: ``StableDiffusion3Pipeline`` (MMDiT + two CLIP encoders + a tiny T5, flow matching).
 * ``tiny-flux``: ``FluxPipeline`` (FLUX transformer + CLIP + tiny T5, flow matching, true CFG).
+* ``tiny-sdxl``: ``StableDiffusionXLPipeline`` (UNet with size conditioning + two CLIP encoders + VAE,
+  DDIM as SDXL; built in :mod:`prefkit.models.tiny_sdxl`).
 
-SD-1.5 and SD3 default to 32x32 px images (16x16 latents, VAE downscale 2). FLUX has no configurable
+SD-1.5, SD3 and SDXL default to 32x32 px images (16x16 latents, VAE downscale 2). FLUX has no configurable
 default size (the pipeline hard-codes 128 x vae_scale_factor = 256 px), so pass ``height=32, width=32``.
 
 The models are meant for tests and demos: weights are random, so images are noise-like, but every code
 path (tokenizers, encoders, schedulers, VAE decode, LoRA) is the real one.
 
-The same registry also names two real-size random-weight models for benchmarks, ``sd15-random`` and
-``sd3-medium-random`` (:mod:`prefkit.models.real_size`; GB-sized, built into the cache on first use).
+The same registry also names three real-size random-weight models for benchmarks, ``sd15-random``,
+``sd3-medium-random`` and ``sdxl-random`` (:mod:`prefkit.models.real_size`; GB-sized, built into the
+cache on first use).
 
 Heavy libraries (torch, diffusers, transformers) are imported inside functions only.
 
@@ -39,17 +42,20 @@ __all__ = [
     "build_tiny_flux",
     "build_tiny_sd3",
     "build_tiny_sd15",
+    "build_tiny_sdxl",
     "resolve_builtin",
 ]
 
 from prefkit.models.parts import (
-    CLIP_MAX_LENGTH,
     PROMPT_WORDS,
     build_model_folder,
+    clip_text_config,
     clip_tokenizer,
     seed_component,
     t5_tokenizer,
+    tiny_vae,
 )
+from prefkit.models.tiny_sdxl import build_tiny_sdxl, make_sdxl
 
 #: Bumped whenever a builder's output changes, so stale cache folders are not reused.
 CACHE_VERSION = "v1"
@@ -57,24 +63,6 @@ CACHE_VERSION = "v1"
 # --------------------------------------------------------------------------------------------------
 # components
 # --------------------------------------------------------------------------------------------------
-
-
-def clip_text_config(tokenizer, hidden_size: int = 32, projection_dim: int = 32):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=CLIP_MAX_LENGTH,
-        projection_dim=projection_dim,
-        hidden_act="quick_gelu",
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
 
 
 def t5_encoder(tokenizer, d_model: int):
@@ -95,27 +83,6 @@ def t5_encoder(tokenizer, d_model: int):
         decoder_start_token_id=tokenizer.pad_token_id,
     )
     return T5EncoderModel(config)
-
-
-def _vae(latent_channels: int, *, scaling_factor: float, shift_factor: float | None, quant_conv: bool):
-    """AutoencoderKL with two blocks: downscale 2 (32 px image -> 16x16 latent)."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        latent_channels=latent_channels,
-        norm_num_groups=8,
-        sample_size=32,
-        scaling_factor=scaling_factor,
-        shift_factor=shift_factor,
-        use_quant_conv=quant_conv,
-        use_post_quant_conv=quant_conv,
-    )
 
 
 def make_sd15(seed: int):
@@ -139,7 +106,7 @@ def make_sd15(seed: int):
         attention_head_dim=8,
     )
     seed_component(seed, 2)
-    vae = _vae(4, scaling_factor=0.18215, shift_factor=None, quant_conv=True)
+    vae = tiny_vae(4, scaling_factor=0.18215, shift_factor=None, quant_conv=True)
     return sd15_pipeline(vae, text_encoder, tokenizer, unet)
 
 
@@ -197,7 +164,7 @@ def make_sd3(seed: int):
         pos_embed_max_size=32,  # up to 64x64 latents = 128 px images
     )
     seed_component(seed, 4)
-    vae = _vae(16, scaling_factor=1.5305, shift_factor=0.0609, quant_conv=False)
+    vae = tiny_vae(16, scaling_factor=1.5305, shift_factor=0.0609, quant_conv=False)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
     return StableDiffusion3Pipeline(
         transformer=transformer,
@@ -236,7 +203,7 @@ def make_flux(seed: int):
         axes_dims_rope=(4, 6, 6),
     )
     seed_component(seed, 3)
-    vae = _vae(latent_channels, scaling_factor=0.3611, shift_factor=0.1159, quant_conv=False)
+    vae = tiny_vae(latent_channels, scaling_factor=0.3611, shift_factor=0.1159, quant_conv=False)
     # As black-forest-labs/FLUX.1-dev scheduler_config.json.
     scheduler = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000,
@@ -288,15 +255,18 @@ BUILTIN_MODELS: dict[str, Callable[..., str]] = {
     "tiny-sd15": build_tiny_sd15,
     "tiny-sd3": build_tiny_sd3,
     "tiny-flux": build_tiny_flux,
-    # real size, random weights, for benchmarks (~2 GB and ~5.4 GB folders, built on first use)
+    "tiny-sdxl": build_tiny_sdxl,
+    # real size, random weights, for benchmarks (~2 GB, ~5.4 GB and ~6.7 GB folders, built on first use)
     "sd15-random": _real_size("sd15-random"),
     "sd3-medium-random": _real_size("sd3-medium-random"),
+    "sdxl-random": _real_size("sdxl-random"),
 }
 
 _MAKERS: dict[str, Callable[[int], Any]] = {
     "tiny-sd15": make_sd15,
     "tiny-sd3": make_sd3,
     "tiny-flux": make_flux,
+    "tiny-sdxl": make_sdxl,
 }
 
 _COMMITTED = ("tiny-sd3",)
