@@ -49,7 +49,7 @@ def log_validation(run, prompts: list[str], images: list[Any], step: int) -> Pat
 
     from prefkit.grid import image_grid
 
-    strip = image_grid([images], captions=[[(p, "black") for p in prompts]], pad=4)
+    strip = image_grid([images], [f"step {step}"], captions=[[(p, "black") for p in prompts]])
     buf = io.BytesIO()
     strip.save(buf, format="PNG")
     path = run.out / FOLDER / f"step-{step:06d}.png"

@@ -650,7 +650,8 @@ def test_validation_images_every_n_steps_do_not_change_training(sd3_data, tmp_pa
     seeds through the LoRA'd denoiser; the training run itself is unchanged (same metrics and LoRA)."""
     from PIL import Image
 
-    common = {"max_steps": 2, "lr": LR, "checkpoint_every": 0}
+    # the module's dataset may hold other tests' label sets by now: name the scorer's
+    common = {"max_steps": 2, "lr": LR, "checkpoint_every": 0, "labels": "brightness"}
     plain = _train(sd3_data, tmp_path / "plain", **common)
     seen = _train(
         sd3_data,
