@@ -6,16 +6,17 @@ through its public pieces (``encode_prompt``, the scheduler's timesteps and sigm
 VAE). A :class:`Family` adapter hides the ways these pieces fit together, one module of this package per
 family (found by ``family_of``, nothing to register):
 
-========  ================================  =========================  ==============================
-family    pipelines                         scheduler (sampling)       model output
-========  ================================  =========================  ==============================
-ddim      StableDiffusionPipeline (1.x/2.x)  DDIMScheduler (eta > 0)   epsilon or v (converted to eps)
-sd3       StableDiffusion3Pipeline           FlowMatchEuler + SDE       velocity
-flux      FluxPipeline                       FlowMatchEuler + SDE       velocity (packed 2x2 tokens)
-========  ================================  =========================  ==============================
+==========  ================================  =========================  ==============================
+family      pipelines                         scheduler (sampling)       model output
+==========  ================================  =========================  ==============================
+ddim        StableDiffusionPipeline (1.x/2.x)  DDIMScheduler (eta > 0)   epsilon or v (converted to eps)
+sd3         StableDiffusion3Pipeline           FlowMatchEuler + SDE       velocity
+flux        FluxPipeline                       FlowMatchEuler + SDE       velocity (packed 2x2 tokens)
+qwen-image  QwenImagePipeline                  FlowMatchEuler + SDE       velocity (packed 2x2 tokens)
+==========  ================================  =========================  ==============================
 
-Latents are always handled UNPACKED, shape [B, C, h, w] in float32; FLUX packs them only to call its
-transformer. The log-prob math itself lives in :mod:`prefkit.math.logprob`.
+Latents are always handled UNPACKED, shape [B, C, h, w] in float32; FLUX and Qwen-Image pack them only
+to call their transformers. The log-prob math itself lives in :mod:`prefkit.math.logprob`.
 """
 
 from __future__ import annotations
@@ -188,7 +189,9 @@ class Conditioning:
     """Text conditioning of a batch, already paired with the negative prompt when CFG is on.
 
     prompt_embeds: [B, L, H]; pooled: [B, P] (sd3, flux) or None; negative_*: the same shapes or None
-    when guidance is off; text_ids: [L, 3] (flux only).
+    when guidance is off; text_ids: [L, 3] (flux only). prompt_mask / negative_prompt_mask: [B, L] (1 =
+    a token, 0 = padding) where prompts of one batch have different lengths (qwen_image pads each
+    batch to its longest prompt, as QwenImagePipeline does); None when every row is all tokens.
     """
 
     prompt_embeds: torch.Tensor
@@ -196,6 +199,8 @@ class Conditioning:
     negative_prompt_embeds: torch.Tensor | None = None
     negative_pooled: torch.Tensor | None = None
     text_ids: torch.Tensor | None = None
+    prompt_mask: torch.Tensor | None = None
+    negative_prompt_mask: torch.Tensor | None = None
 
     @property
     def guided(self) -> bool:

@@ -50,6 +50,7 @@ from prefkit.models.parts import (
     seed_component,
     t5_tokenizer,
 )
+from prefkit.models.tiny_qwen_image import build_tiny_qwen_image, make_qwen_image
 
 #: Bumped whenever a builder's output changes, so stale cache folders are not reused.
 CACHE_VERSION = "v1"
@@ -288,6 +289,7 @@ BUILTIN_MODELS: dict[str, Callable[..., str]] = {
     "tiny-sd15": build_tiny_sd15,
     "tiny-sd3": build_tiny_sd3,
     "tiny-flux": build_tiny_flux,
+    "tiny-qwen-image": build_tiny_qwen_image,
     # real size, random weights, for benchmarks (~2 GB and ~5.4 GB folders, built on first use)
     "sd15-random": _real_size("sd15-random"),
     "sd3-medium-random": _real_size("sd3-medium-random"),
@@ -297,6 +299,7 @@ _MAKERS: dict[str, Callable[[int], Any]] = {
     "tiny-sd15": make_sd15,
     "tiny-sd3": make_sd3,
     "tiny-flux": make_flux,
+    "tiny-qwen-image": make_qwen_image,
 }
 
 _COMMITTED = ("tiny-sd3",)
