@@ -385,6 +385,17 @@ class Family:
             image = vae.decode(z, return_dict=False)[0]
         return self.pipe.image_processor.postprocess(image, output_type="pil")
 
+    def encode_pixels(self, px: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images [N, 3, H, W] in [-1, 1] -> latents [N, C, h, w] in float32, the inverse of
+        :meth:`decode` (the VAE posterior's mode, shifted and scaled as the denoiser sees latents)."""
+        vae = self.pipe.vae
+        with torch.no_grad():
+            z = vae.encode(px.to(self.device, vae.dtype)).latent_dist.mode().float()
+        shift = getattr(vae.config, "shift_factor", None)
+        if shift is not None:
+            z = z - shift
+        return z * vae.config.scaling_factor
+
     def _guided(self, call, x_in: torch.Tensor, cond: Conditioning, guidance: float) -> torch.Tensor:
         """Run ``call(x, prompt_embeds, pooled)`` with CFG: eps = eps_u + w (eps_c - eps_u) (docs/math.md section 4)."""
         if not cond.guided:
@@ -413,3 +424,25 @@ def t5_length(pipe, tokenizer_name: str, default: int) -> int:
     tok = getattr(pipe, tokenizer_name, None)
     limit = getattr(tok, "model_max_length", None) if tok is not None else None
     return min(default, int(limit)) if limit else default
+
+
+def pad_prompt_embeds(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[1 or none, L_i, H] rows -> ([B, max L, H] zero-padded, [B, max L] 0/1 mask or None when all
+    rows have the same length), as QwenImagePipeline._get_qwen_prompt_embeds and encode_prompt do."""
+    rows = [r[0] if r.ndim == 3 else r for r in rows]
+    longest = max(r.shape[0] for r in rows)
+    pe = torch.stack([torch.cat([r, r.new_zeros(longest - r.shape[0], r.shape[1])]) for r in rows])
+    if all(r.shape[0] == longest for r in rows):
+        return pe, None
+    mask = torch.stack(
+        [
+            torch.cat(
+                [
+                    torch.ones(r.shape[0], dtype=torch.long),
+                    torch.zeros(longest - r.shape[0], dtype=torch.long),
+                ]
+            )
+            for r in rows
+        ]
+    ).to(pe.device)
+    return pe, mask

@@ -23,30 +23,8 @@ from __future__ import annotations
 import torch
 
 from prefkit.errors import PrefkitError
-from prefkit.families.base import Conditioning, batch_timesteps
+from prefkit.families.base import Conditioning, batch_timesteps, pad_prompt_embeds
 from prefkit.families.flow import FlowFamily
-
-
-def pad_prompt_embeds(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """[1 or none, L_i, H] rows -> ([B, max L, H] zero-padded, [B, max L] 0/1 mask or None when all
-    rows have the same length), as QwenImagePipeline._get_qwen_prompt_embeds and encode_prompt do."""
-    rows = [r[0] if r.ndim == 3 else r for r in rows]
-    longest = max(r.shape[0] for r in rows)
-    pe = torch.stack([torch.cat([r, r.new_zeros(longest - r.shape[0], r.shape[1])]) for r in rows])
-    if all(r.shape[0] == longest for r in rows):
-        return pe, None
-    mask = torch.stack(
-        [
-            torch.cat(
-                [
-                    torch.ones(r.shape[0], dtype=torch.long),
-                    torch.zeros(longest - r.shape[0], dtype=torch.long),
-                ]
-            )
-            for r in rows
-        ]
-    ).to(pe.device)
-    return pe, mask
 
 
 class QwenImageFamily(FlowFamily):
@@ -157,16 +135,29 @@ class QwenImageFamily(FlowFamily):
             text = comb * (cond_norm / noise_norm)
         return _unpack(text, h, w)
 
+    def _latent_stats(self, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE's per-channel latents_mean and 1 / latents_std, shaped [1, C, 1, 1, 1] as the pipeline."""
+        cfg = self.pipe.vae.config
+        mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1).to(device, dtype)
+        inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(device, dtype)
+        return mean, inv_std
+
+    def encode_pixels(self, px):
+        """Images as one-frame videos -> (mode - latents_mean) * (1 / latents_std), the frame dropped (as
+        QwenImageImg2ImgPipeline normalises image latents; the posterior's mode, as for the other families)."""
+        vae = self.pipe.vae
+        with torch.no_grad():
+            z = vae.encode(px.to(self.device, vae.dtype)[:, :, None]).latent_dist.mode()
+        mean, inv_std = self._latent_stats(z.dtype, z.device)
+        return ((z - mean) * inv_std)[:, :, 0].float()
+
     def decode(self, x0):
         """QwenImagePipeline's decode: latents / (1 / std) + mean per channel, one frame, frame dropped."""
         vae = self.pipe.vae
         z = x0.to(vae.dtype)[:, :, None]
-        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(z.device, z.dtype)
-        std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(
-            z.device, z.dtype
-        )
+        mean, inv_std = self._latent_stats(z.dtype, z.device)
         with torch.no_grad():
-            image = vae.decode(z / std + mean, return_dict=False)[0][:, :, 0]
+            image = vae.decode(z / inv_std + mean, return_dict=False)[0][:, :, 0]
         return self.pipe.image_processor.postprocess(image, output_type="pil")
 
 
