@@ -6,6 +6,8 @@ Three families are provided, each saved as an ordinary diffusers folder that loa
 * ``tiny-sd15``: ``StableDiffusionPipeline`` (UNet + CLIP text encoder + VAE, DDIM as SD-1.5).
 * ``tiny-sd3``: ``StableDiffusion3Pipeline`` (MMDiT + two CLIP encoders + a tiny T5, flow matching).
 * ``tiny-flux``: ``FluxPipeline`` (FLUX transformer + CLIP + tiny T5, flow matching, true CFG).
+* ``tiny-qwen-image``: ``QwenImagePipeline`` (Qwen-Image MMDiT + tiny Qwen2.5-VL + video VAE;
+  :mod:`prefkit.models.tiny_qwen_image`; pass ``height=32, width=32`` as for FLUX).
 
 SD-1.5 and SD3 default to 32x32 px images (16x16 latents, VAE downscale 2). FLUX has no configurable
 default size (the pipeline hard-codes 128 x vae_scale_factor = 256 px), so pass ``height=32, width=32``.
@@ -13,8 +15,8 @@ default size (the pipeline hard-codes 128 x vae_scale_factor = 256 px), so pass 
 The models are meant for tests and demos: weights are random, so images are noise-like, but every code
 path (tokenizers, encoders, schedulers, VAE decode, LoRA) is the real one.
 
-The same registry also names two real-size random-weight models for benchmarks, ``sd15-random`` and
-``sd3-medium-random`` (:mod:`prefkit.models.real_size`; GB-sized, built into the cache on first use).
+The same registry also names real-size random-weight models for benchmarks, ``sd15-random``,
+``sd3-medium-random`` and ``qwen-image-random`` (:mod:`prefkit.models.real_size`; GB-sized, built into the cache on first use).
 
 Heavy libraries (torch, diffusers, transformers) are imported inside functions only.
 
@@ -293,6 +295,7 @@ BUILTIN_MODELS: dict[str, Callable[..., str]] = {
     # real size, random weights, for benchmarks (~2 GB and ~5.4 GB folders, built on first use)
     "sd15-random": _real_size("sd15-random"),
     "sd3-medium-random": _real_size("sd3-medium-random"),
+    "qwen-image-random": _real_size("qwen-image-random"),
 }
 
 _MAKERS: dict[str, Callable[[int], Any]] = {
