@@ -89,7 +89,7 @@ def load_pipeline(
     if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") != 1):
         raise PrefkitError(
             f"--model {model!r}: no such folder, and it is not a Hub id of the form OWNER/NAME; "
-            "give a diffusers pipeline folder, a Hub id, or a built-in name (tiny-shapes, tiny-sd3, tiny-sd15, tiny-flux, sd15-random, sd3-medium-random)"
+            "give a diffusers pipeline folder, a Hub id, or a built-in name (tiny-shapes, tiny-sd3, tiny-sd15, tiny-flux, tiny-qwen-image, sd15-random, sd3-medium-random, qwen-image-random)"
         )
     skip = {}
     if without_text_encoders:
