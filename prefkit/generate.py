@@ -405,7 +405,10 @@ def encode_sample(record: dict[str, Any], traj, b: int, sampler_kind: str) -> di
 
 def _group_embeddings(group: int, cond, b: int) -> dict[str, torch.Tensor]:
     gk = group_key(group)
-    out = {f"{gk}.prompt_embeds": cond.prompt_embeds[b]}
+    pe = cond.prompt_embeds[b]
+    if cond.prompt_mask is not None:  # a batch padded to its longest prompt: store this prompt's own tokens
+        pe = pe[cond.prompt_mask[b].bool()]
+    out = {f"{gk}.prompt_embeds": pe}
     if cond.pooled is not None:
         out[f"{gk}.pooled"] = cond.pooled[b]
     return out

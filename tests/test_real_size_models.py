@@ -23,6 +23,8 @@ from prefkit.models import real_size, tiny  # noqa: E402
         # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json built on the meta device: 2,567,463,684
         # (the count quoted for SDXL base's UNet; the SDXL paper, arXiv 2307.01952, says "2.6B")
         ("sdxl-random", 2_567_463_684),
+        # Qwen/Qwen-Image transformer/config.json (60 layers, 24 heads of 128, joint dim 3584): "20B"
+        ("qwen-image-random", 20_430_401_088),
     ],
 )
 def test_denoiser_parameter_count_is_the_published_one(name, published):
@@ -55,6 +57,21 @@ def test_shapes_agree_across_components():
     )
     assert u["in_channels"] == real_size.SDXL_VAE["latent_channels"] == 4
     assert u["sample_size"] * 2 ** (len(real_size.SDXL_VAE["block_out_channels"]) - 1) == 1024
+
+
+def test_qwen_image_parts_fit_together_on_the_meta_device():
+    """The reduced text encoder's width is the transformer's joint dim; the VAE's z_dim x 4 (2x2 packing)
+    its input; model_index.json names QwenImagePipeline (assembled on the meta device: nothing allocated)."""
+    import torch
+
+    t = real_size.QWEN_IMAGE_TRANSFORMER
+    assert t["joint_attention_dim"] == real_size.QWEN_VL_TEXT_REDUCED["hidden_size"]
+    assert t["in_channels"] == 4 * real_size.QWEN_IMAGE_VAE["z_dim"] == 4 * t["out_channels"]
+    cls_name, parts = real_size._PARTS["qwen-image-random"]()
+    assert cls_name == "QwenImagePipeline"
+    with torch.device("meta"):
+        te = parts["text_encoder"]()
+    assert te.config.text_config.hidden_size == 3584
 
 
 def test_names_are_builtin_without_building():

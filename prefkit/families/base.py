@@ -6,17 +6,18 @@ through its public pieces (``encode_prompt``, the scheduler's timesteps and sigm
 VAE). A :class:`Family` adapter hides the ways these pieces fit together, one module of this package per
 family (found by ``family_of``, nothing to register):
 
-========  ================================  =========================  ==============================
-family    pipelines                         scheduler (sampling)       model output
-========  ================================  =========================  ==============================
-ddim      StableDiffusionPipeline (1.x/2.x)  DDIMScheduler (eta > 0)   epsilon or v (converted to eps)
-sdxl      StableDiffusionXLPipeline          DDIMScheduler (eta > 0)   epsilon or v (converted to eps)
-sd3       StableDiffusion3Pipeline           FlowMatchEuler + SDE       velocity
-flux      FluxPipeline                       FlowMatchEuler + SDE       velocity (packed 2x2 tokens)
-========  ================================  =========================  ==============================
+==========  ================================  =========================  ==============================
+family      pipelines                         scheduler (sampling)       model output
+==========  ================================  =========================  ==============================
+ddim        StableDiffusionPipeline (1.x/2.x)  DDIMScheduler (eta > 0)   epsilon or v (converted to eps)
+sdxl        StableDiffusionXLPipeline          DDIMScheduler (eta > 0)   epsilon or v (converted to eps)
+sd3         StableDiffusion3Pipeline           FlowMatchEuler + SDE       velocity
+flux        FluxPipeline                       FlowMatchEuler + SDE       velocity (packed 2x2 tokens)
+qwen-image  QwenImagePipeline                  FlowMatchEuler + SDE       velocity (packed 2x2 tokens)
+==========  ================================  =========================  ==============================
 
-Latents are always handled UNPACKED, shape [B, C, h, w] in float32; FLUX packs them only to call its
-transformer. The log-prob math itself lives in :mod:`prefkit.math.logprob`.
+Latents are always handled UNPACKED, shape [B, C, h, w] in float32; FLUX and Qwen-Image pack them only
+to call their transformers. The log-prob math itself lives in :mod:`prefkit.math.logprob`.
 """
 
 from __future__ import annotations
@@ -192,7 +193,9 @@ class Conditioning:
     """Text conditioning of a batch, already paired with the negative prompt when CFG is on.
 
     prompt_embeds: [B, L, H]; pooled: [B, P] (sdxl, sd3, flux) or None; negative_*: the same shapes or None
-    when guidance is off; text_ids: [L, 3] (flux only).
+    when guidance is off; text_ids: [L, 3] (flux only). prompt_mask / negative_prompt_mask: [B, L] (1 =
+    a token, 0 = padding) where prompts of one batch have different lengths (qwen_image pads each
+    batch to its longest prompt, as QwenImagePipeline does); None when every row is all tokens.
     """
 
     prompt_embeds: torch.Tensor
@@ -200,6 +203,8 @@ class Conditioning:
     negative_prompt_embeds: torch.Tensor | None = None
     negative_pooled: torch.Tensor | None = None
     text_ids: torch.Tensor | None = None
+    prompt_mask: torch.Tensor | None = None
+    negative_prompt_mask: torch.Tensor | None = None
 
     @property
     def guided(self) -> bool:
@@ -384,6 +389,17 @@ class Family:
             image = vae.decode(z, return_dict=False)[0]
         return self.pipe.image_processor.postprocess(image, output_type="pil")
 
+    def encode_pixels(self, px: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images [N, 3, H, W] in [-1, 1] -> latents [N, C, h, w] in float32, the inverse of
+        :meth:`decode` (the VAE posterior's mode, shifted and scaled as the denoiser sees latents)."""
+        vae = self.pipe.vae
+        with torch.no_grad():
+            z = vae.encode(px.to(self.device, vae.dtype)).latent_dist.mode().float()
+        shift = getattr(vae.config, "shift_factor", None)
+        if shift is not None:
+            z = z - shift
+        return z * vae.config.scaling_factor
+
     def _guided(self, call, x_in: torch.Tensor, cond: Conditioning, guidance: float) -> torch.Tensor:
         """Run ``call(x, prompt_embeds, pooled)`` with CFG: eps = eps_u + w (eps_c - eps_u) (docs/math.md section 4)."""
         if not cond.guided:
@@ -412,3 +428,25 @@ def t5_length(pipe, tokenizer_name: str, default: int) -> int:
     tok = getattr(pipe, tokenizer_name, None)
     limit = getattr(tok, "model_max_length", None) if tok is not None else None
     return min(default, int(limit)) if limit else default
+
+
+def pad_prompt_embeds(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[1 or none, L_i, H] rows -> ([B, max L, H] zero-padded, [B, max L] 0/1 mask or None when all
+    rows have the same length), as QwenImagePipeline._get_qwen_prompt_embeds and encode_prompt do."""
+    rows = [r[0] if r.ndim == 3 else r for r in rows]
+    longest = max(r.shape[0] for r in rows)
+    pe = torch.stack([torch.cat([r, r.new_zeros(longest - r.shape[0], r.shape[1])]) for r in rows])
+    if all(r.shape[0] == longest for r in rows):
+        return pe, None
+    mask = torch.stack(
+        [
+            torch.cat(
+                [
+                    torch.ones(r.shape[0], dtype=torch.long),
+                    torch.zeros(longest - r.shape[0], dtype=torch.long),
+                ]
+            )
+            for r in rows
+        ]
+    ).to(pe.device)
+    return pe, mask

@@ -15,6 +15,13 @@ and written here as a fact, so nothing is fetched at run time.
   (EulerDiscreteScheduler, replaced by DDIM when prefkit loads it) are those of
   ``stabilityai/stable-diffusion-xl-base-1.0`` (UNet: 2,567,463,684 parameters, the paper's "2.6B");
   CLIP-L (``text_encoder``) and OpenCLIP-bigG with its projection (``text_encoder_2``) are real-size too.
+* ``qwen-image-random``: ``QwenImagePipeline`` at 1024 px. The MMDiT transformer, the video VAE and the
+  scheduler are those of ``Qwen/Qwen-Image`` (transformer: 20,430,401,088 parameters, the published
+  "20B" MMDiT). The Qwen2.5-VL-7B text encoder keeps its width (3584, the transformer's
+  ``joint_attention_dim``) and its attention layout (28 heads, 4 key/value heads, multimodal RoPE
+  16/24/24) but has 1 layer instead of 28 and a 1-block vision tower (which the pipeline never calls);
+  its tokenizer is prefkit's offline tiny Qwen2 BPE (:mod:`prefkit.models.tiny_qwen_image`), whose
+  template prefix is 34 tokens as the real one's.
 
 What is not the published model, and why it does not change what the bench measures:
 
@@ -36,6 +43,7 @@ model               denoiser parameters   folder on disk   peak RAM while buildi
 sd15-random         0.86 B (UNet)         2.0 GB           2.0 GiB                  33 s
 sd3-medium-random   2.03 B (transformer)  5.5 GB           4.5 GiB                  86 s
 sdxl-random         2.57 B (UNet)         6.7 GB (*)       not measured             not measured
+qwen-image-random   20.4 B (transformer)  ~42 GB (est.)    ~41 GiB (est.)           not measured
 =================== ===================== ================ ======================= ====================
 
 (*) sdxl-random has not been built here: 3.37 B parameters in all (UNet 2.567 B, bigG text 0.632 B with the
@@ -59,6 +67,7 @@ from typing import Any
 __all__ = [
     "PUBLISHED_DENOISER_PARAMETERS",
     "REAL_SIZE_MODELS",
+    "build_qwen_image_random",
     "build_sd3_medium_random",
     "build_sd15_random",
     "build_sdxl_random",
@@ -268,11 +277,62 @@ SDXL_SCHEDULER: dict[str, Any] = {
 
 #: Published parameter counts of the denoisers (what ``denoiser_parameters`` must reproduce):
 #: SD-1.5's UNet 859,520,964 ("860M" in the model card); SD3-medium's MMDiT 2,028,328,000 ("2B"); SDXL
-#: base 1.0's UNet 2,567,463,684 (the SDXL paper's "2.6B"; the count its unet/config.json yields).
+#: base 1.0's UNet 2,567,463,684 (the SDXL paper's "2.6B"; the count its unet/config.json yields);
+#: Qwen-Image's MMDiT 20,430,401,088 (the "20B" of the model card), from QWEN_IMAGE_TRANSFORMER.
 PUBLISHED_DENOISER_PARAMETERS: dict[str, int] = {
     "sd15-random": 859_520_964,
     "sd3-medium-random": 2_028_328_000,
     "sdxl-random": 2_567_463_684,
+    "qwen-image-random": 20_430_401_088,
+}
+
+# -- Qwen-Image: Qwen/Qwen-Image ----------------------------------------------------------------------
+
+#: transformer/config.json of Qwen/Qwen-Image (QwenImageTransformer2DModel).
+QWEN_IMAGE_TRANSFORMER: dict[str, Any] = {
+    "patch_size": 2,
+    "in_channels": 64,
+    "out_channels": 16,
+    "num_layers": 60,
+    "attention_head_dim": 128,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 3584,
+    "guidance_embeds": False,
+    "axes_dims_rope": (16, 56, 56),
+}
+#: vae/config.json of Qwen/Qwen-Image (AutoencoderKLQwenImage; its latents_mean / latents_std are the
+#: class defaults of diffusers 0.42, which are the published ones).
+QWEN_IMAGE_VAE: dict[str, Any] = {
+    "base_dim": 96,
+    "z_dim": 16,
+    "dim_mult": [1, 2, 4, 4],
+    "num_res_blocks": 2,
+    "attn_scales": [],
+    "temperal_downsample": [False, True, True],
+    "dropout": 0.0,
+}
+#: scheduler/scheduler_config.json of Qwen/Qwen-Image.
+QWEN_IMAGE_SCHEDULER: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "shift": 1.0,
+    "use_dynamic_shifting": True,
+    "base_shift": 0.5,
+    "max_shift": 0.9,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 8192,
+    "shift_terminal": 0.02,
+    "time_shift_type": "exponential",
+}
+#: Qwen/Qwen2.5-VL-7B-Instruct's language model, reduced to 1 layer (see the module docstring).
+QWEN_VL_TEXT_REDUCED: dict[str, Any] = {
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 128000,
+    "rms_norm_eps": 1e-06,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
 }
 
 _SAVE_DTYPE = "bfloat16"
@@ -369,12 +429,48 @@ def _sdxl_scheduler():
         return EulerDiscreteScheduler.from_config(SDXL_SCHEDULER)
 
 
+def _qwen_text_encoder(tokenizer):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    text = {
+        **QWEN_VL_TEXT_REDUCED,
+        "vocab_size": len(tokenizer),
+        "bos_token_id": None,
+        "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    vision = {"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2}
+    vision |= {"out_hidden_size": QWEN_VL_TEXT_REDUCED["hidden_size"], "fullatt_block_indexes": [0]}
+    return Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(text_config=text, vision_config=vision))
+
+
+def _qwen_image_parts() -> tuple[str, dict[str, Callable[[], Any]]]:
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+
+    from prefkit.models.tiny_qwen_image import qwen2_tokenizer
+
+    tok = qwen2_tokenizer()
+    return "QwenImagePipeline", {
+        "text_encoder": lambda: _qwen_text_encoder(tok),
+        "transformer": lambda: QwenImageTransformer2DModel(**QWEN_IMAGE_TRANSFORMER),
+        "vae": lambda: AutoencoderKLQwenImage(**QWEN_IMAGE_VAE),
+        "tokenizer": lambda: tok,
+        "scheduler": lambda: FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER),
+    }
+
+
 _PARTS: dict[str, Callable[[], tuple[str, dict[str, Callable[[], Any]]]]] = {
     "sd15-random": _sd15_parts,
     "sd3-medium-random": _sd3_parts,
     "sdxl-random": _sdxl_parts,
+    "qwen-image-random": _qwen_image_parts,
 }
-_DENOISER = {"sd15-random": "unet", "sd3-medium-random": "transformer", "sdxl-random": "unet"}
+_DENOISER = {
+    "sd15-random": "unet",
+    "sd3-medium-random": "transformer",
+    "sdxl-random": "unet",
+    "qwen-image-random": "transformer",
+}
 #: Constructor arguments of the pipeline class that are no component (model_index.json settings).
 _PIPELINE_EXTRA: dict[str, dict[str, Any]] = {
     "StableDiffusionPipeline": {
@@ -450,3 +546,4 @@ def _builder(name: str) -> Callable[..., str]:
 build_sd15_random = _builder("sd15-random")
 build_sd3_medium_random = _builder("sd3-medium-random")
 build_sdxl_random = _builder("sdxl-random")
+build_qwen_image_random = _builder("qwen-image-random")

@@ -8,6 +8,8 @@ Four families are provided, each saved as an ordinary diffusers folder that load
 * ``tiny-flux``: ``FluxPipeline`` (FLUX transformer + CLIP + tiny T5, flow matching, true CFG).
 * ``tiny-sdxl``: ``StableDiffusionXLPipeline`` (UNet with size conditioning + two CLIP encoders + VAE,
   DDIM as SDXL; built in :mod:`prefkit.models.tiny_sdxl`).
+* ``tiny-qwen-image``: ``QwenImagePipeline`` (Qwen-Image MMDiT + tiny Qwen2.5-VL + video VAE;
+  :mod:`prefkit.models.tiny_qwen_image`; pass ``height=32, width=32`` as for FLUX).
 
 SD-1.5, SD3 and SDXL default to 32x32 px images (16x16 latents, VAE downscale 2). FLUX has no configurable
 default size (the pipeline hard-codes 128 x vae_scale_factor = 256 px), so pass ``height=32, width=32``.
@@ -15,9 +17,9 @@ default size (the pipeline hard-codes 128 x vae_scale_factor = 256 px), so pass 
 The models are meant for tests and demos: weights are random, so images are noise-like, but every code
 path (tokenizers, encoders, schedulers, VAE decode, LoRA) is the real one.
 
-The same registry also names three real-size random-weight models for benchmarks, ``sd15-random``,
-``sd3-medium-random`` and ``sdxl-random`` (:mod:`prefkit.models.real_size`; GB-sized, built into the
-cache on first use).
+The same registry also names real-size random-weight models for benchmarks, ``sd15-random``,
+``sd3-medium-random``, ``sdxl-random`` and ``qwen-image-random`` (:mod:`prefkit.models.real_size`;
+GB-sized, built into the cache on first use).
 
 Heavy libraries (torch, diffusers, transformers) are imported inside functions only.
 
@@ -55,6 +57,7 @@ from prefkit.models.parts import (
     t5_tokenizer,
     tiny_vae,
 )
+from prefkit.models.tiny_qwen_image import build_tiny_qwen_image, make_qwen_image
 from prefkit.models.tiny_sdxl import build_tiny_sdxl, make_sdxl
 
 #: Bumped whenever a builder's output changes, so stale cache folders are not reused.
@@ -256,10 +259,12 @@ BUILTIN_MODELS: dict[str, Callable[..., str]] = {
     "tiny-sd3": build_tiny_sd3,
     "tiny-flux": build_tiny_flux,
     "tiny-sdxl": build_tiny_sdxl,
-    # real size, random weights, for benchmarks (~2 GB, ~5.4 GB and ~6.7 GB folders, built on first use)
+    "tiny-qwen-image": build_tiny_qwen_image,
+    # real size, random weights, for benchmarks (GB-sized folders, built on first use)
     "sd15-random": _real_size("sd15-random"),
     "sd3-medium-random": _real_size("sd3-medium-random"),
     "sdxl-random": _real_size("sdxl-random"),
+    "qwen-image-random": _real_size("qwen-image-random"),
 }
 
 _MAKERS: dict[str, Callable[[int], Any]] = {
@@ -267,6 +272,7 @@ _MAKERS: dict[str, Callable[[int], Any]] = {
     "tiny-sd3": make_sd3,
     "tiny-flux": make_flux,
     "tiny-sdxl": make_sdxl,
+    "tiny-qwen-image": make_qwen_image,
 }
 
 _COMMITTED = ("tiny-sd3",)

@@ -102,15 +102,8 @@ def _image(value):
 
 def encode_images(family, images: list, size: int) -> torch.Tensor:
     """PIL images -> VAE latents [N, C, h, w] in float32 (mode of the posterior, scaled/shifted)."""
-    pipe = family.pipe
-    vae = pipe.vae
-    px = pipe.image_processor.preprocess(images, height=size, width=size, resize_mode="crop")
-    with torch.no_grad():
-        z = vae.encode(px.to(family.device, vae.dtype)).latent_dist.mode().float()
-    shift = getattr(vae.config, "shift_factor", None)
-    if shift is not None:
-        z = z - shift
-    return z * vae.config.scaling_factor
+    px = family.pipe.image_processor.preprocess(images, height=size, width=size, resize_mode="crop")
+    return family.encode_pixels(px)
 
 
 class ImageData:

@@ -199,11 +199,19 @@ class EmbeddingStore:
         def get(name):
             return t[name].to(dev) if name in t else None
 
-        pe = torch.stack([t[f"{group_key(g)}.prompt_embeds"] for g in groups]).to(dev)
+        rows = [t[f"{group_key(g)}.prompt_embeds"] for g in groups]
+        mask = None
+        if len({r.shape for r in rows}) > 1:  # prompts of their own lengths (qwen-image): pad, with a mask
+            from prefkit.families import pad_prompt_embeds
+
+            pe, mask = pad_prompt_embeds(rows)
+            pe, mask = pe.to(dev), mask.to(dev)
+        else:
+            pe = torch.stack(rows).to(dev)
         pooled = None
         if f"{group_key(groups[0])}.pooled" in t:
             pooled = torch.stack([t[f"{group_key(g)}.pooled"] for g in groups]).to(dev)
-        cond = Conditioning(prompt_embeds=pe, pooled=pooled, text_ids=get("text_ids"))
+        cond = Conditioning(prompt_embeds=pe, pooled=pooled, text_ids=get("text_ids"), prompt_mask=mask)
         if self.sampler.guided and "negative.prompt_embeds" in t:
             n = len(groups)
             neg = get("negative.prompt_embeds")

@@ -53,7 +53,11 @@ class TDPO(DDPO):
 
     @staticmethod
     def prompt_features(traj) -> torch.Tensor:
-        return traj.cond.prompt_embeds.float().mean(dim=1)  # [B, H], the critic's prompt input
+        pe, mask = traj.cond.prompt_embeds.float(), traj.cond.prompt_mask
+        if mask is None:
+            return pe.mean(dim=1)  # [B, H], the critic's prompt input
+        m = mask.to(pe.device, pe.dtype)[..., None]  # padded prompts (qwen-image): the mean of the tokens
+        return (pe * m).sum(dim=1) / m.sum(dim=1)
 
     def after_micro_batch(self, traj, adv, scale, sync):
         critic_in, self.critic_in = self.critic_in, []
