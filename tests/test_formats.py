@@ -403,7 +403,7 @@ _DELETE = object()
         (["latent_shape"], [4, 4, 16], "key latent_shape:"),
         (["eta"], 0, "key eta:"),
         (["group_id"], -1, "key group_id:"),
-        (["family"], "kandinsky", "key family:"),  # a family prefkit has no module for
+        (["family"], "SD XL", "key family:"),  # not a family name (the families themselves are modules)
         (["unexpected_field"], 1, "'unexpected_field' was unexpected"),
     ],
     ids=lambda v: "del" if v is _DELETE else None,

@@ -197,3 +197,19 @@ def test_import_is_light():
     code = "import sys, prefkit.models.tiny; sys.exit(int(any(m in sys.modules for m in ('torch', 'diffusers', 'transformers'))))"
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     assert subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO).returncode == 0
+
+
+def test_every_family_name_fits_the_schemas():
+    """A family is its module: the record schemas accept any family name of that shape, so adding a family
+    edits no schema. Every family module's name passes the manifest's and the trajectory's pattern."""
+    import json
+    import re
+
+    from prefkit.families import families
+    from prefkit.resources import schema_dir
+
+    for schema in ("manifest", "trajectory", "eval"):
+        text = (schema_dir() / f"{schema}.schema.json").read_text()
+        pattern = json.loads(text.split('"family": ', 1)[1].split("}", 1)[0] + "}")["pattern"]
+        for cls in set(families().values()):
+            assert re.fullmatch(pattern, cls.name), (schema, cls.name)
