@@ -1,4 +1,6 @@
-"""``prefkit publish``: a dataset and one label set as a Hugging Face Hub dataset repository.
+"""``prefkit publish``: a dataset and one label set as a Hugging Face Hub dataset repository; with ``--lora``
+(and ``prefkit train --push-to-hub``) a trained LoRA as a model repository with a model card (the section
+"a LoRA as a model repository" below; docs/formats.md section 11).
 
 The Hub-ready folder is built locally (``--staging``, default ``DATASET/.publish``, rebuilt on every run)::
 
@@ -1127,16 +1129,20 @@ def render_model_card(
     labels = _dict(summary.get("labels"))
     name = repo_id.split("/", 1)[1]
     shown_model = _public_name(model) if model else None
-    what = (
-        f"with the **{md_text(row.name)}** objective ({md_text(row.summary)}; {md_text(row.paper)})"
-        if row
-        else f"with the objective {md_text(objective)}"
-        if objective
-        else "(no training run was found beside the LoRA)"
-    )
     # a relative link: the Hub (or the mirror HF_ENDPOINT names) serves the base model's page at /OWNER/NAME
     base_text = f"[{md_text(base_model)}](/{base_model})" if base_model else md_text(shown_model or "a model")
-    intro = f"A LoRA for {base_text} trained with prefkit (`prefkit train`) {what}."
+    if row:
+        what = f"with the **{md_text(row.name)}** objective ({md_text(row.summary)}; {md_text(row.paper)})"
+        intro = f"A LoRA for {base_text} trained with prefkit (`prefkit train`) {what}."
+    elif objective:
+        intro = (
+            f"A LoRA for {base_text} trained with prefkit (`prefkit train`), objective {md_text(objective)}."
+        )
+    else:
+        intro = (
+            f"A LoRA for {base_text}, published with prefkit. No prefkit training run was found beside it, "
+            "so this card has no training details."
+        )
 
     # how to load it: only ids and numbers go into the code
     call = ['prompt = "a photo of a cat"']
@@ -1153,7 +1159,8 @@ def render_model_card(
     load_base = (
         f'base_model = "{base_model}"'
         if base_model
-        else 'base_model = "BASE_MODEL"  # the model the LoRA was trained on (see Training)'
+        else 'base_model = "BASE_MODEL"  # the model the LoRA was trained on'
+        + (" (see Training)" if train else "")
     )
     usage = f"""```python
 import torch

@@ -158,6 +158,23 @@ def test_forms_of_lora_and_a_checkpoint(run, tmp_path, cli):
     assert "## Evaluation" not in ckpt and not (tmp_path / "ckpt" / "images").exists()
 
 
+def test_a_lora_without_its_training_run(run, tmp_path, cli):
+    """A LoRA folder from elsewhere (no config.yaml beside it): published with a card that says so, and the
+    base model from --base-model."""
+    folder = tmp_path / "lora"
+    folder.mkdir()
+    shutil.copy(run / "lora" / WEIGHTS, folder / WEIGHTS)
+    staging = tmp_path / "s"
+    args = ["publish", "--lora", folder, "--repo-id", "me/x", "--dry-run", "--staging", staging]
+    res = _ok(cli(args))
+    assert "no training run found" in res.stderr and "base model is unknown" in res.stderr
+    assert sorted(p.name for p in staging.iterdir()) == [".prefkit-publish", "README.md", WEIGHTS]
+    card = (staging / "README.md").read_text()
+    assert "No prefkit training run was found beside it" in card and "## Training" not in card
+    _ok(cli([*args, "--base-model", SD3]))
+    assert _front_matter((staging / "README.md").read_text())["base_model"] == SD3
+
+
 def test_republish_sends_nothing_unchanged_and_removes_a_stale_grid(run, tmp_path, hub, hub_cli):
     folder = _copy(run, tmp_path / "run")
     args = ["publish", "--lora", folder, "--repo-id", "me/tiny-lora", "-q"]
