@@ -1089,7 +1089,7 @@ def model_front_matter(base_model: str | None, objective: Any, license: str) -> 
     fm["library_name"] = "diffusers"
     fm["license"] = license
     fm["pipeline_tag"] = "text-to-image"
-    fm["tags"] = LORA_TAGS + ([objective] if objective in OBJECTIVES else [])
+    fm["tags"] = LORA_TAGS + ([objective] if isinstance(objective, str) and objective in OBJECTIVES else [])
     return fm
 
 
@@ -1246,7 +1246,8 @@ def _eval_section(report: dict[str, Any], grid: bool) -> list[str]:
     wr = _dict(s.get("win_rate"))
     judge = _dict(report.get("judge"))
     settings = _dict(report.get("settings"))
-    prompts = [p for p in report.get("prompts") or [] if isinstance(p, str)]
+    listed = report.get("prompts")
+    prompts = [p for p in listed if isinstance(p, str)] if isinstance(listed, list) else []
     value, low, high = _number(wr.get("value")), _number(wr.get("low")), _number(wr.get("high"))
     interval = f" (95 % interval {low:.3f} to {high:.3f})" if low is not None and high is not None else ""
     text = (

@@ -322,3 +322,20 @@ def test_train_push_to_hub_refused_before_training(labelled_dataset, tmp_path, h
     err = _error(cli([*args, "--push-to-hub", "not a repo"]))
     assert "--push-to-hub 'not a repo': expected a Hub model repository OWNER/NAME" in err
     assert not out.exists()
+
+
+def test_card_of_files_with_unexpected_types():
+    """A run's files edited by hand (lists where strings were, strings where numbers were): a card, no crash,
+    and nothing but numbers in the code."""
+    from prefkit.publish import render_model_card
+
+    train = {"objective": ["d3po"], "model": {"x": 1}, "lr": "<b>", "dataset": 3}
+    manifest = {"settings": {"steps": "2; import os", "guidance": [5]}, "model": "m"}
+    report = {"summary": {"win_rate": {"value": "0.9"}}, "prompts": "<script>", "judge": []}
+    card = render_model_card(
+        "me/x", None, train["model"], train, {}, manifest, {}, "2", None, report, False, "other"
+    )
+    assert "<b>" not in card and "<script>" not in card
+    code = card.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "import os" not in code and "[5]" not in code and "num_inference_steps" not in code
+    assert "tags" in _front_matter(card)
