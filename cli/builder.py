@@ -8,7 +8,8 @@
 - the default from the field (a ``default_factory`` list: empty when the option is not given; a field
   without a default: a required option);
 - the help from the metadata's ``help``, escaped for rich markup (typer renders help as markup);
-- metadata ``argument=True``: a positional argument instead, required when its default is None;
+- metadata ``argument=True``: a positional argument instead, required when its default is None (unless
+  ``required=False``);
   ``panel``: its rich help panel; ``path``: shown and parsed as a path, handed on as a str.
 
 ``prefkit.config.field(default, help, flags=..., argument=..., panel=..., path=...)`` writes that metadata.
@@ -32,7 +33,7 @@ import typer
 CONFIG_HELP = "YAML/JSON file with the same keys as these flags; flags win."
 
 # the keys of a field's metadata this module reads (prefkit.config.field writes them)
-METADATA_KEYS = ("help", "flags", "argument", "panel", "path", "aliases")
+METADATA_KEYS = ("help", "flags", "argument", "panel", "path", "aliases", "required")
 
 
 def _strip_optional(hint: Any) -> tuple[Any, bool]:
@@ -103,7 +104,7 @@ def field_params(cls, overrides: Mapping[str, Mapping[str, Any]] | None = None) 
         panel = meta.get("panel")
         is_argument = bool(meta.get("argument"))
         if is_argument:
-            required = required or default is None
+            required = required or (default is None and meta.get("required", True))
             info = typer.Argument(
                 help=help_text, rich_help_panel=panel, show_default=not required, metavar=f.name.upper()
             )

@@ -201,6 +201,8 @@ def train(args: Invocation) -> None:
             + (f"{last['ties_skipped']} ties dropped; " if "ties_skipped" in last else "")
             + f"LoRA in {Path(cfg.out) / 'lora'} (pipe.load_lora_weights), metrics in {Path(cfg.out) / 'metrics.jsonl'}"
         )
+    if last.get("hub") and _is_main_process():
+        typer.echo(f"published {last['hub']}")
 
 
 @config_command(app, EvalConfig, name="eval")
@@ -338,14 +340,23 @@ def annotate(args: Invocation) -> None:
 @config_command(app, PublishConfig)
 def publish(args: Invocation) -> None:
     """Publish a dataset and a label set as a Hub dataset: Pick-a-Pic pairs (parquet), trajectory shards, a
-    dataset card; built in --staging, then uploaded (--dry-run: built and listed, no network)."""
+    dataset card; or with --lora OUT a trained LoRA as a Hub model with a model card. Built in --staging,
+    then uploaded (--dry-run: built and listed, no network)."""
     cfg, summary = _run_stage(args, "prefkit.publish", "run_publish")
     if not cfg.quiet:
         from prefkit.publish import print_listing
 
         print_listing(summary)
+    _print_notes(summary.get("notes", []))
     if summary["uploaded"]:
         typer.echo(f"published {summary['url']}")
+
+
+def _print_notes(notes: list[str]) -> None:
+    from prefkit.progress import note
+
+    for text in notes:
+        note(True, text)
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ def field(
     identity: bool | None = None,
     resume: bool | None = None,
     aliases: tuple[str, ...] | None = None,
+    required: bool | None = None,
     **kw,
 ) -> Any:
     """A config field, declared once: its type and default (the dataclass's), its help, and how the
@@ -35,7 +36,8 @@ def field(
 
     - ``flags``: the option's names, e.g. ``("--quiet", "-q")`` or ``("--kl/--no-kl",)`` (default
       ``--field-name``; a bool is then an on-only flag);
-    - ``argument``: a positional argument instead (required when the default is None);
+    - ``argument``: a positional argument instead (required when the default is None, unless
+      ``required=False``);
     - ``panel``: the rich help panel the option is listed under (default: Options);
     - ``path``: the command line shows and parses it as a path (the config still holds a str);
     - ``identity``: False leaves the field out of ``keys_of(cls, "identity")``, the settings a resumed
@@ -53,6 +55,7 @@ def field(
         "identity": identity,
         "resume": resume,
         "aliases": aliases,
+        "required": required,
     }
     meta.update({k: v for k, v in given.items() if v is not None})
     if "default_factory" in kw:
@@ -444,12 +447,26 @@ class LoopConfig:
 
 @dataclasses.dataclass
 class PublishConfig:
-    """Settings of ``prefkit publish``: a Hub-ready dataset folder (pairs as parquet, shards, card)."""
+    """Settings of ``prefkit publish``: a Hub-ready dataset folder (pairs as parquet, shards, card), or with
+    ``lora`` a trained LoRA as a model repository (weights, model card, eval grid)."""
 
     dataset: str = field(
-        None, "Dataset folder written by `prefkit generate`, labelled by `prefkit label`.", argument=True
+        None,
+        "Dataset folder written by `prefkit generate`, labelled by `prefkit label` (not with --lora).",
+        argument=True,
+        required=False,
     )
-    repo_id: str = field(None, "Hub dataset repository OWNER/NAME (created if absent).", panel="Hub")
+    lora: str | None = field(
+        None,
+        "Publish a LoRA of `prefkit train` as a MODEL repository instead: the run folder OUT, OUT/lora or "
+        "OUT/checkpoint-N (with a model card from the run's settings, metrics and eval report).",
+        panel="Content",
+    )
+    repo_id: str = field(
+        None,
+        "Hub repository OWNER/NAME (created if absent): a dataset repository, with --lora a model one.",
+        panel="Hub",
+    )
     labels: str | None = field(
         None, "Label set published as the pairs (default: the only one in DATASET/labels).", panel="Content"
     )
@@ -461,8 +478,8 @@ class PublishConfig:
     )
     staging: str | None = field(
         None,
-        "Folder the Hub-ready copy is built in (default: DATASET/.publish; wiped and rebuilt on every run; "
-        "kept afterwards).",
+        "Folder the Hub-ready copy is built in (default: DATASET/.publish, with --lora OUT/.publish; wiped "
+        "and rebuilt on every run; kept afterwards).",
         panel="Run",
     )
     val_fraction: float = field(
@@ -473,7 +490,14 @@ class PublishConfig:
     seed: int = field(0, "Seed of the prompt-to-split assignment.", panel="Content")
     license: str = field(
         "other",
-        "Hub license id for the card (e.g. cc-by-4.0); default other: the images follow the model's license.",
+        "Hub license id for the card (e.g. cc-by-4.0); default other: the images (and a LoRA) follow the "
+        "model's license.",
+        panel="Content",
+    )
+    base_model: str | None = field(
+        None,
+        "--lora: the Hub id OWNER/NAME of the base model, for the card's base_model (default: the training "
+        "run's model when that is a Hub id; a local folder is not one).",
         panel="Content",
     )
     quiet: bool = field(False, "No file listing.", flags=("--quiet", "-q"), panel="Run")

@@ -46,11 +46,11 @@ from prefkit.errors import PrefkitError
 from prefkit.fileio import check_output_folder, jsonable, utc_timestamp
 from prefkit.progress import progress
 from prefkit.prompts import resolve_prompts
+from prefkit.runs import LORA_WEIGHTS, Origin, default_out, find_origin  # noqa: F401 - LORA_WEIGHTS: re-exported
 from prefkit.shards import atomic_write_bytes, fsync_dir, json_bytes, png_bytes
 
 FORMAT_NAME = "prefkit-eval"
 FORMAT_VERSION = 1
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 REPORT, SAMPLES, GRID = "report.json", "samples.jsonl", "grid.png"
 GRID_PROMPTS, GRID_SAMPLES = 8, 4  # grid.png: the first prompts, and the first samples of each
 SAMPLER_KEYS = ("steps", "guidance", "negative_prompt", "eta", "noise_level", "height", "width")
@@ -61,74 +61,6 @@ INTERVALS = (
 
 
 # -- 1. settings --------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Origin:
-    """Where a LoRA came from: its folder, and the training run and dataset behind it when found."""
-
-    lora: Path  # absolute; holds pytorch_lora_weights.safetensors
-    run: Path | None = None  # the training run folder (its config.yaml)
-    train: dict[str, Any] | None = None  # the run's resolved TrainConfig (config.yaml)
-    dataset: str | None = None  # the run's dataset, as config.yaml names it
-    manifest: dict[str, Any] | None = None  # the dataset's manifest.json, when found here
-    folder: Path | None = None  # the folder holding that manifest.json
-    notes: list[str] = dataclasses.field(default_factory=list)
-    missing_dataset: str | None = None  # why the run's dataset was not found (the cause of later errors)
-
-
-def find_origin(spec: str | None) -> Origin:
-    """The LoRA folder ``spec`` (OUT/lora, OUT/checkpoint-N, OUT, or any diffusers LoRA folder) and, when
-    it sits in a prefkit training run, that run's config and its dataset's manifest."""
-    import yaml
-
-    from prefkit.shards import MANIFEST, read_manifest
-
-    if not spec:
-        raise PrefkitError("--lora is required: the LoRA folder that prefkit train wrote (OUT/lora)")
-    folder = Path(spec).expanduser()
-    if not folder.is_dir():
-        raise PrefkitError(f"--lora {spec}: no such folder")
-    if (folder / LORA_WEIGHTS).is_file():
-        lora = folder
-    elif (folder / "lora" / LORA_WEIGHTS).is_file():
-        lora = folder / "lora"  # the run folder OUT itself
-    else:
-        raise PrefkitError(
-            f"--lora {spec}: no {LORA_WEIGHTS} in that folder (nor in its lora/); give the folder that "
-            "prefkit train wrote: OUT/lora, or a checkpoint OUT/checkpoint-N"
-        )
-    origin = Origin(lora=lora.resolve())
-    run = origin.lora.parent
-    config = run / "config.yaml"
-    if not config.is_file():
-        origin.notes.append(f"no training run found (no config.yaml beside {origin.lora})")
-        return origin
-    try:
-        train = {k.replace("-", "_"): v for k, v in (yaml.safe_load(config.read_text()) or {}).items()}
-    except (yaml.YAMLError, AttributeError) as exc:
-        raise PrefkitError(f"--lora {spec}: {config} is not a readable training config: {exc}") from None
-    if "objective" not in train:  # some other tool's config.yaml
-        origin.notes.append(f"{config} is not a prefkit training config; no training run used")
-        return origin
-    origin.run, origin.train, origin.dataset = run, train, train.get("dataset")
-    ds = Path(str(origin.dataset or "")).expanduser()
-    # runs record the dataset's absolute path; an older run's relative path is tried from here, then from
-    # the run folder's parent (a run folder and its dataset moved together)
-    places = [ds] if ds.is_absolute() else [ds, run.parent / ds, run.parent.parent / ds]
-    for place in places:
-        for candidate in (place, place / "trajectories"):  # a generate folder, or a published folder
-            if origin.dataset and (candidate / MANIFEST).is_file():
-                origin.manifest, origin.folder = read_manifest(candidate), candidate
-                return origin
-    origin.missing_dataset = (
-        f"the training run's dataset {origin.dataset!r} (in {config}) has no manifest.json at "
-        + " nor at ".join(str(p.resolve()) for p in places)
-    )
-    origin.notes.append(
-        origin.missing_dataset + "; sampler settings not given as flags are the model's defaults"
-    )
-    return origin
 
 
 def resolve_settings(cfg: EvalConfig, origin: Origin) -> tuple[dict[str, Any], dict[str, str], str]:
@@ -179,11 +111,6 @@ def resolve_settings(cfg: EvalConfig, origin: Origin) -> tuple[dict[str, Any], d
     ):
         load_from = loadable(values["model"], manifest["model"].get("path"))
     return values, origins, load_from
-
-
-def default_out(lora: Path) -> Path:
-    """OUT/eval for OUT/lora; OUT/eval-checkpoint-N for OUT/checkpoint-N; eval-NAME beside folder NAME."""
-    return lora.parent / ("eval" if lora.name == "lora" else f"eval-{lora.name}")
 
 
 def check_out(out: Path, overwrite: bool) -> None:

@@ -59,6 +59,11 @@ def run_loop(cfg: LoopConfig) -> list[dict[str, Any]]:
     for key in ("dataset", "out", "init_lora", "labels", "resume"):
         if key in extra:
             raise PrefkitError(f"--train-config {cfg.train_config}: {key} is set by the loop itself")
+    if extra.get("push_to_hub"):
+        raise PrefkitError(
+            f"--train-config {cfg.train_config}: push_to_hub would upload every round's LoRA; publish the "
+            "round you want afterwards with `prefkit publish --lora OUT/round-NNN/train --repo-id OWNER/NAME`"
+        )
     name = default_name(cfg.source)
     check_judge(cfg)  # a judge that cannot run stops the loop before round 0, not after it
     out.mkdir(parents=True, exist_ok=True)

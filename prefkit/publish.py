@@ -1,4 +1,6 @@
-"""``prefkit publish``: a dataset and one label set as a Hugging Face Hub dataset repository.
+"""``prefkit publish``: a dataset and one label set as a Hugging Face Hub dataset repository; with ``--lora``
+(and ``prefkit train --push-to-hub``) a trained LoRA as a model repository with a model card (the section
+"a LoRA as a model repository" below; docs/formats.md section 11).
 
 The Hub-ready folder is built locally (``--staging``, default ``DATASET/.publish``, rebuilt on every run)::
 
@@ -50,6 +52,8 @@ LICENSE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 # remote files under these are replaced by this publish: removed in the upload commit unless re-uploaded
 DELETE_PATTERNS = ["data/*", "trajectories/*", "labels/*"]
 TAGS = ["preference", "dpo", "d3po", "diffusion", "prefkit"]
+# what an upload error tells the user to do
+AGAIN = "run the same command again to resume (files already on the Hub are not sent again)"
 
 
 def pairs_schema():
@@ -110,27 +114,31 @@ FIELDS = [
 # -- entry point ------------------------------------------------------------------------------------------
 
 
-def run_publish(cfg, api=None) -> dict[str, Any]:
+def run_publish(cfg, api=None, again: str | None = None) -> dict[str, Any]:
     """Build the folder for ``cfg`` (a PublishConfig) and upload it unless ``cfg.dry_run``.
 
+    ``cfg.lora``: the LoRA of a training run as a model repository instead (``run_publish_lora``; ``again``:
+    how an upload error tells the user to retry).
+
     ``api``: an ``huggingface_hub.HfApi``-like object (default: ``HfApi()``); only ``create_repo`` and
-    ``upload_folder`` are called. Returns a summary: staging, repo_id, url, files [(path, bytes)], counts,
-    splits, uploaded.
+    ``upload_folder`` are called. Returns a summary: kind ("dataset" or "model"), staging, repo_id, url,
+    files [(path, bytes)], uploaded; a dataset's counts and splits, a LoRA's base model and notes.
     """
-    if not cfg.dataset:
-        raise PrefkitError("publish: give the dataset folder")
-    if not cfg.repo_id:
+    if cfg.dataset and cfg.lora:
         raise PrefkitError(
-            "--repo-id is required, also with --dry-run (the dataset card and the Hub layout name it): "
-            "OWNER/NAME, e.g. --repo-id me/my-preferences"
+            f"give either a DATASET folder ({cfg.dataset}) or --lora ({cfg.lora}), not both: a dataset is "
+            "published as a dataset repository, a LoRA as a model repository"
         )
-    if not REPO_ID.fullmatch(cfg.repo_id):
-        raise PrefkitError(f"--repo-id {cfg.repo_id!r}: expected OWNER/NAME (letters, digits, '-', '_', '.')")
-    if not LICENSE_ID.fullmatch(cfg.license or ""):
+    if not cfg.dataset and not cfg.lora:
         raise PrefkitError(
-            f"--license {cfg.license!r}: expected a license identifier of the Hub, such as apache-2.0, "
-            "cc-by-4.0 or other (letters, digits, '.', '+', '-', '_')"
+            "publish: give the dataset folder (prefkit publish DATASET --repo-id OWNER/NAME), or a trained "
+            "LoRA with --lora OUT"
         )
+    check_repo_settings(cfg)
+    if cfg.lora:
+        return run_publish_lora(cfg, api, again)
+    if cfg.base_model is not None:
+        raise PrefkitError("--base-model names a LoRA's base model: it goes with --lora")
     if not 0 <= cfg.val_fraction < 1:
         raise PrefkitError(f"--val-fraction {cfg.val_fraction}: must be >= 0 and < 1")
     if not cfg.dry_run and api is None:
@@ -146,6 +154,7 @@ def run_publish(cfg, api=None) -> dict[str, Any]:
         for part in staging.rglob(".*.part"):  # parquet files being written when it failed
             remove_quietly(part)
         raise
+    summary["kind"] = "dataset"
     summary["uploaded"] = False
     if not cfg.dry_run:
         summary["commit"] = upload(staging, cfg.repo_id, cfg.private, api)
@@ -153,44 +162,79 @@ def run_publish(cfg, api=None) -> dict[str, Any]:
     return summary
 
 
-def check_hub_access() -> None:
-    """A clear error, instead of a stack trace from deep inside huggingface_hub, when offline or logged out."""
+def check_repo_settings(cfg) -> None:
+    """--repo-id and --license, checked before anything is built."""
+    card = "model card" if cfg.lora else "dataset card"
+    if not cfg.repo_id:
+        raise PrefkitError(
+            f"--repo-id is required, also with --dry-run (the {card} and the Hub layout name it): "
+            f"OWNER/NAME, e.g. --repo-id {'me/my-lora' if cfg.lora else 'me/my-preferences'}"
+        )
+    if not REPO_ID.fullmatch(cfg.repo_id):
+        raise PrefkitError(f"--repo-id {cfg.repo_id!r}: expected OWNER/NAME (letters, digits, '-', '_', '.')")
+    if not LICENSE_ID.fullmatch(cfg.license or ""):
+        raise PrefkitError(
+            f"--license {cfg.license!r}: expected a license identifier of the Hub, such as apache-2.0, "
+            "cc-by-4.0 or other (letters, digits, '.', '+', '-', '_')"
+        )
+
+
+def check_hub_access(instead: str = "pass --dry-run to build and list the folder only") -> None:
+    """A clear error, instead of a stack trace from deep inside huggingface_hub, when offline or logged out.
+    ``instead``: what the user can do without the Hub."""
     import huggingface_hub
 
     if hub_offline(library=True):
         raise PrefkitError(
             "cannot upload: HF_HUB_OFFLINE is set, so huggingface_hub refuses every Hub call. Unset it "
-            "(`unset HF_HUB_OFFLINE`) to publish, or pass --dry-run to build and list the folder only."
+            f"(`unset HF_HUB_OFFLINE`) to publish, or {instead}."
         )
     if huggingface_hub.get_token() is None:
         raise PrefkitError(
             "cannot upload: no Hugging Face token. Run `hf auth login` or set HF_TOKEN to a token with "
-            "write access, or pass --dry-run to build and list the folder only."
+            f"write access, or {instead}."
         )
 
 
-def upload(staging: Path, repo_id: str, private: bool, api=None) -> str | None:
-    """create_repo (dataset, exist_ok) then one upload_folder commit of ``staging``. Returns the commit URL."""
+def upload(
+    staging: Path,
+    repo_id: str,
+    private: bool,
+    api=None,
+    repo_type: str = "dataset",
+    delete_patterns: list[str] | None = None,
+    again: str = AGAIN,
+) -> str | None:
+    """create_repo (``repo_type``, exist_ok) then one upload_folder commit of ``staging``; remote files
+    matching ``delete_patterns`` (default: a dataset's DELETE_PATTERNS) and not uploaded again are deleted
+    in it. Returns the commit URL. ``again``: how the error message tells the user to retry."""
     if api is None:
         from huggingface_hub import HfApi
 
         api = HfApi()
     try:
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
         info = api.upload_folder(
             repo_id=repo_id,
-            repo_type="dataset",
+            repo_type=repo_type,
             folder_path=str(staging),
             commit_message="prefkit publish",
             ignore_patterns=[MARKER],
-            delete_patterns=DELETE_PATTERNS,
+            delete_patterns=DELETE_PATTERNS if delete_patterns is None else delete_patterns,
         )
     except PrefkitError:
         raise
     except Exception as exc:  # the network boundary: HTTP, auth, offline mode, connection errors
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        hint = (
+            " The Hub refused the token: check that HF_TOKEN (or `hf auth login`) is a token with write "
+            f"access to {repo_id.split('/')[0]}."
+            if status == 401
+            else ""
+        )
         raise PrefkitError(
-            f"upload to {repo_id} failed ({type(exc).__name__}: {exc}). The folder is built in {staging}; "
-            "run the same command again to resume (files already on the Hub are not sent again)."
+            f"upload to {repo_id} failed ({type(exc).__name__}: {exc}).{hint} The folder is built in "
+            f"{staging}; {again}."
         ) from None
     return getattr(info, "commit_url", None) if info is not None else None
 
@@ -294,11 +338,11 @@ def assign_splits(pairs: list[dict[str, Any]], val_fraction: float, seed: int) -
     return {c: ("validation" if c in val else "train") for c in captions}
 
 
-def _prepare_staging(staging: Path, dataset: Path) -> None:
+def _prepare_staging(staging: Path, dataset: Path, kind: str = "dataset folder") -> None:
     """Empty ``staging`` for a rebuild: it must be absent, empty, or a folder prefkit built (marker file)."""
     staging = Path(staging)
     if staging.resolve() == Path(dataset).resolve():
-        raise PrefkitError(f"--staging {staging}: cannot be the dataset folder itself")
+        raise PrefkitError(f"--staging {staging}: cannot be the {kind} itself")
     check_output_folder(
         staging,
         flag="--staging",
@@ -313,19 +357,19 @@ def _prepare_staging(staging: Path, dataset: Path) -> None:
     )
 
 
-def _inside(path: Path, root: Path) -> Path:
-    """``path`` itself, after checking that it is no symbolic link and lies inside the dataset folder ``root``
+def _inside(path: Path, root: Path, kind: str = "dataset folder") -> Path:
+    """``path`` itself, after checking that it is no symbolic link and lies inside the ``kind`` ``root``
     (resolved): publish never reads or stages a file from elsewhere."""
     if path.is_symlink():
         raise PrefkitError(
-            f"{path}: a symbolic link; publish stages only the dataset folder's own files: replace the link "
+            f"{path}: a symbolic link; publish stages only the {kind}'s own files: replace the link "
             "by the file itself"
         )
     resolved = path.resolve()
     if not resolved.is_relative_to(root):
         raise PrefkitError(
-            f"{path}: lies outside the dataset folder {root} (it resolves to {resolved}); publish stages only "
-            "the dataset folder's own files"
+            f"{path}: lies outside the {kind} {root} (it resolves to {resolved}); publish stages only "
+            f"the {kind}'s own files"
         )
     return path
 
@@ -352,10 +396,11 @@ def _link(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _repo_url(repo_id: str) -> str:
+def _repo_url(repo_id: str, repo_type: str = "dataset") -> str:
     from huggingface_hub import constants
 
-    return f"{constants.ENDPOINT.rstrip('/')}/datasets/{repo_id}"
+    prefix = "" if repo_type == "model" else f"{repo_type}s/"
+    return f"{constants.ENDPOINT.rstrip('/')}/{prefix}{repo_id}"
 
 
 # -- pairs to parquet ------------------------------------------------------------------------------------
@@ -831,6 +876,409 @@ logprobs = np.load(io.BytesIO(row["logprobs"]))  # per-step log-probability, flo
     return "---\n" + fm + "---\n" + body.lstrip("\n")
 
 
+# -- a LoRA as a model repository ------------------------------------------------------------------------
+
+LORA_TAGS = ["lora", "text-to-image", "diffusers", "prefkit"]
+GRID_IN_REPO = "images/eval-grid.png"  # the eval grid, when the run has a current eval report
+# remote files a LoRA publish replaces: an eval grid of an earlier publish goes when this one has none
+LORA_DELETE_PATTERNS = [GRID_IN_REPO]
+DATASET_ONLY = ("labels", "val_fraction", "seed")  # PublishConfig fields a LoRA publish does not read
+CARD_PROMPTS = 8  # eval prompts listed in the card
+RUN_FOLDER, LORA_FOLDER = "training run folder", "LoRA folder"
+
+
+def run_publish_lora(cfg, api=None, again: str | None = None) -> dict[str, Any]:
+    """``prefkit publish --lora``: build the model repository folder of the LoRA ``cfg.lora`` (a training run
+    folder OUT, OUT/lora or OUT/checkpoint-N) and upload it unless ``cfg.dry_run``. ``again``: how an upload
+    error tells the user to retry (``prefkit train --push-to-hub`` names this command)."""
+    from prefkit.config import PublishConfig
+
+    defaults = PublishConfig()
+    given = [f"--{k.replace('_', '-')}" for k in DATASET_ONLY if getattr(cfg, k) != getattr(defaults, k)]
+    if given:
+        raise PrefkitError(f"{', '.join(given)}: a dataset's setting; --lora publishes a LoRA, leave it out")
+    if cfg.base_model is not None and not REPO_ID.fullmatch(cfg.base_model):
+        raise PrefkitError(
+            f"--base-model {cfg.base_model!r}: expected the base model's Hub id OWNER/NAME, e.g. "
+            "stable-diffusion-v1-5/stable-diffusion-v1-5"
+        )
+    if not cfg.dry_run and api is None:
+        check_hub_access()
+    lora, run = locate_lora(cfg.lora)
+    staging = Path(cfg.staging).expanduser() if cfg.staging else (run or lora) / STAGING_DEFAULT
+    with writing(staging):
+        summary = build_lora_folder(lora, run, staging, cfg.repo_id, cfg.license, cfg.base_model)
+    summary["uploaded"] = False
+    if not cfg.dry_run:
+        summary["commit"] = upload(
+            staging,
+            cfg.repo_id,
+            cfg.private,
+            api,
+            repo_type="model",
+            delete_patterns=LORA_DELETE_PATTERNS,
+            again=again or AGAIN,
+        )
+        summary["uploaded"] = True
+    return summary
+
+
+def _present(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def locate_lora(spec: str) -> tuple[Path, Path | None]:
+    """(the LoRA folder, the training run folder holding it or None), both resolved, from --lora: OUT,
+    OUT/lora or OUT/checkpoint-N (or any folder holding a diffusers LoRA file). Nothing is read before the
+    containment checks: the LoRA file and the run's files are no symbolic links and lie in their folder."""
+    from prefkit.runs import LORA_WEIGHTS
+
+    given = Path(spec).expanduser()
+    if not given.is_dir():
+        raise PrefkitError(f"--lora {spec}: no such folder")
+    if not _present(given / LORA_WEIGHTS) and _present(given / "lora"):
+        _inside(given / "lora", given.resolve(), RUN_FOLDER)  # OUT/lora of the run folder OUT
+        given = given / "lora"
+    lora = given.resolve()
+    weights = lora / LORA_WEIGHTS
+    if _present(weights):
+        _inside(weights, lora, LORA_FOLDER)
+    if not weights.is_file():
+        raise PrefkitError(
+            f"--lora {spec}: no {LORA_WEIGHTS} in that folder (nor in its lora/); give the folder that "
+            "prefkit train wrote: OUT, OUT/lora or a checkpoint OUT/checkpoint-N"
+        )
+    run = lora.parent
+    if not _present(run / "config.yaml"):
+        return lora, None
+    _inside(run / "config.yaml", run, RUN_FOLDER)
+    return lora, run
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _read_json(path: Path, root: Path, kind: str) -> dict[str, Any]:
+    """A JSON object file of the run (after the containment check); {} when absent or not an object."""
+    from prefkit.fileio import parse_json
+
+    if not _present(path):
+        return {}
+    _inside(path, root, kind)
+    return _dict(parse_json(path.read_bytes(), str(path)))
+
+
+def hub_model_id(model: Any, manifest: dict[str, Any]) -> str | None:
+    """``model`` when it names a model on the Hub (OWNER/NAME, not a local folder here nor where the dataset
+    was sampled), else None."""
+    if not isinstance(model, str) or not REPO_ID.fullmatch(model):
+        return None
+    sampled = _dict(manifest.get("model"))
+    if _dict(manifest.get("settings")).get("model") == model and sampled.get("path") is not None:
+        return None  # a folder on the machine that sampled the dataset
+    return None if Path(model).expanduser().exists() else model
+
+
+def build_lora_folder(
+    lora: Path,
+    run: Path | None,
+    staging: Path,
+    repo_id: str,
+    license: str = "other",  # noqa: A002 - the card's key
+    base_model: str | None = None,
+) -> dict[str, Any]:
+    """Write the model repository folder of ``lora`` (from ``locate_lora``) into ``staging`` (wiped first):
+    README.md (the model card), the LoRA file, and the eval grid when the run has a current eval report."""
+    from prefkit.runs import LORA_WEIGHTS, SUMMARY_WINDOW, default_out, find_origin, recent_means
+
+    root, kind = (run, RUN_FOLDER) if run else (lora, LORA_FOLDER)
+    origin = find_origin(str(lora))
+    train = origin.train or {}
+    manifest = origin.manifest or {}
+    notes = list(origin.notes)
+    summary = _read_json(root / "summary.json", root, kind) if run else {}
+    checkpoint = re.fullmatch(r"checkpoint-(\d+)", lora.name)
+    step = int(checkpoint[1]) if checkpoint else _dict(summary.get("final")).get("step")
+    recent = _dict(summary.get("recent")) if not checkpoint else {}
+    metrics = root / "metrics.jsonl"
+    if run and not recent and _present(metrics):
+        _inside(metrics, root, kind)
+        with reading(metrics, "metrics file"):
+            recent = recent_means(metrics, SUMMARY_WINDOW, up_to=step if checkpoint else None)
+
+    report, grid = {}, None
+    if run:
+        out = default_out(lora)
+        if _present(out / "report.json"):
+            _inside(out, root, kind)
+            report = _read_json(out / "report.json", root, kind)
+            evaluated = report.get("lora")
+            if isinstance(evaluated, str) and Path(evaluated).name != lora.name:
+                notes.append(
+                    f"{out / 'report.json'} evaluates {evaluated}, not this LoRA: left out of the card"
+                )
+                report = {}
+            elif (out / "report.json").stat().st_mtime < (lora / LORA_WEIGHTS).stat().st_mtime:
+                notes.append(
+                    f"{out / 'report.json'} is older than the LoRA (trained further since): left out of the "
+                    "card; run `prefkit eval` again to include it"
+                )
+                report = {}
+        if report and _present(out / "grid.png"):
+            grid = _inside(out / "grid.png", root, kind)
+
+    model = train.get("model") or _dict(manifest.get("settings")).get("model") or summary.get("model")
+    base = base_model or hub_model_id(model, manifest)
+    if base is None:
+        notes.append(
+            f"the base model {_public_name(model)!r} is not a Hub id: the card names it but has no "
+            "base_model; give --base-model OWNER/NAME"
+            if model
+            else "the base model is unknown (no training run beside the LoRA): give --base-model OWNER/NAME"
+        )
+
+    _prepare_staging(staging, root, kind)
+    try:
+        _link(lora / LORA_WEIGHTS, staging / LORA_WEIGHTS)
+        if grid is not None:
+            (staging / GRID_IN_REPO).parent.mkdir(parents=True)
+            _link(grid, staging / GRID_IN_REPO)
+        card = render_model_card(
+            repo_id,
+            base,
+            model,
+            train,
+            summary,
+            manifest,
+            recent,
+            step,
+            int(checkpoint[1]) if checkpoint else None,
+            report,
+            grid is not None,
+            license,
+        )
+        (staging / "README.md").write_text(card, encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    files = [
+        (p.relative_to(staging).as_posix(), p.stat().st_size)
+        for p in sorted(staging.rglob("*"))
+        if p.is_file() and p.name != MARKER
+    ]
+    return {
+        "kind": "model",
+        "staging": str(staging),
+        "repo_id": repo_id,
+        "url": _repo_url(repo_id, "model"),
+        "files": files,
+        "lora": str(lora),
+        "base_model": base,
+        "evaluated": bool(report),
+        "notes": notes,
+    }
+
+
+def model_front_matter(base_model: str | None, objective: Any, license: str) -> dict[str, Any]:  # noqa: A002
+    from prefkit.training.table import OBJECTIVES
+
+    fm: dict[str, Any] = {}
+    if base_model:
+        fm["base_model"] = base_model
+    fm["library_name"] = "diffusers"
+    fm["license"] = license
+    fm["pipeline_tag"] = "text-to-image"
+    fm["tags"] = LORA_TAGS + ([objective] if isinstance(objective, str) and objective in OBJECTIVES else [])
+    return fm
+
+
+def _number(value: Any) -> Any:
+    """A number of a run's files as it is, anything else as None (so that only numbers reach the code)."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def render_model_card(
+    repo_id: str,
+    base_model: str | None,
+    model: Any,
+    train: dict[str, Any],
+    summary: dict[str, Any],
+    manifest: dict[str, Any],
+    recent: dict[str, Any],
+    step: Any,
+    checkpoint: int | None,
+    report: dict[str, Any],
+    grid: bool,
+    license: str,  # noqa: A002
+) -> str:
+    """The model card: YAML front matter (base_model, library_name, license, tags) and a body: how to load
+    it, how it was trained, its last steps' metrics, and the eval report. Everything from the run's files
+    goes through md_text (tables: _fmt); only OWNER/NAME ids and numbers reach the code blocks."""
+    import yaml
+
+    from prefkit.training.table import OBJECTIVES
+
+    objective = train.get("objective")
+    row = OBJECTIVES.get(objective) if isinstance(objective, str) else None
+    fm = yaml.safe_dump(
+        model_front_matter(base_model, objective, license), sort_keys=False, allow_unicode=True
+    )
+    settings = _dict(manifest.get("settings"))
+    sampled = _dict(manifest.get("model"))
+    labels = _dict(summary.get("labels"))
+    name = repo_id.split("/", 1)[1]
+    shown_model = _public_name(model) if model else None
+    # a relative link: the Hub (or the mirror HF_ENDPOINT names) serves the base model's page at /OWNER/NAME
+    base_text = f"[{md_text(base_model)}](/{base_model})" if base_model else md_text(shown_model or "a model")
+    if row:
+        what = f"with the **{md_text(row.name)}** objective ({md_text(row.summary)}; {md_text(row.paper)})"
+        intro = f"A LoRA for {base_text} trained with prefkit (`prefkit train`) {what}."
+    elif objective:
+        intro = (
+            f"A LoRA for {base_text} trained with prefkit (`prefkit train`), objective {md_text(objective)}."
+        )
+    else:
+        intro = (
+            f"A LoRA for {base_text}, published with prefkit. No prefkit training run was found beside it, "
+            "so this card has no training details."
+        )
+
+    # how to load it: only ids and numbers go into the code
+    call = ['prompt = "a photo of a cat"']
+    args = []
+    steps, guidance = _number(settings.get("steps")), _number(settings.get("guidance"))
+    if steps is not None:
+        args.append(f"num_inference_steps={steps}")
+    if guidance is not None:
+        args.append(f"guidance_scale={guidance}")
+    height, width = _number(settings.get("height")), _number(settings.get("width"))
+    if height is not None and width is not None:
+        args += [f"height={height}", f"width={width}"]
+    call.append(f"image = pipe(prompt{''.join(', ' + a for a in args)}).images[0]")
+    load_base = (
+        f'base_model = "{base_model}"'
+        if base_model
+        else 'base_model = "BASE_MODEL"  # the model the LoRA was trained on'
+        + (" (see Training)" if train else "")
+    )
+    usage = f"""```python
+import torch
+from diffusers import DiffusionPipeline
+
+{load_base}
+pipe = DiffusionPipeline.from_pretrained(base_model, torch_dtype=torch.float16).to("cuda")
+pipe.load_lora_weights("{repo_id}")
+{chr(10).join(call)}
+```"""
+    if args:
+        usage += (
+            "\n\nThe sampler settings above are those the training images were sampled with "
+            "(guidance, steps and size of `prefkit generate`); `pipe.disable_lora()` gives the base model back."
+        )
+
+    family = sampled.get("family")
+    pipeline_class = sampled.get("pipeline_class")
+    train_rows: list[tuple[Any, ...]] = [
+        ("objective", objective),
+        ("base model", shown_model),
+        ("base model revision", sampled.get("revision") if model == settings.get("model") else None),
+        ("family / pipeline", f"{family} / {pipeline_class}" if family or pipeline_class else None),
+        ("dataset", _public_name(train.get("dataset"))),
+        ("label set(s)", labels.get("label_sets") or train.get("labels")),
+        ("pairs (ties dropped)", f"{labels.get('pairs')} ({labels.get('ties_skipped')})" if labels else None),
+        (
+            "optimizer steps",
+            f"{step} (checkpoint of a run of {train.get('max_steps')})" if checkpoint is not None else step,
+        ),
+        ("learning rate / schedule", f"{train.get('lr')} / {train.get('lr_schedule')}" if train else None),
+        (
+            "batch size x grad accum",
+            f"{train.get('batch_size')} x {train.get('grad_accum')}" if train else None,
+        ),
+        ("LoRA rank / alpha", f"{train.get('lora_rank')} / {train.get('lora_alpha')}" if train else None),
+        ("LoRA targets", train.get("lora_targets") or ("default" if train else None)),
+        ("mixed precision", train.get("mixed_precision")),
+        ("seed", train.get("seed")),
+        ("started from LoRA", _public_name(train.get("init_lora")) if train.get("init_lora") else None),
+    ]
+    if row:
+        train_rows += [(f.name.replace("_", " "), train.get(f.name)) for f in row.flags]
+    train_rows += [
+        (
+            "sampling guidance / steps",
+            f"{settings.get('guidance')} / {settings.get('steps')}" if settings else None,
+        ),
+        ("sampling negative prompt", repr(settings.get("negative_prompt")) if settings else None),
+        ("prefkit version", manifest.get("prefkit_version")),
+    ]
+    train_rows = [r for r in train_rows if r[1] not in (None, "", [])]
+
+    sections = [f"# {md_text(name)}", intro, "## Use it", usage]
+    if train_rows:
+        sections += ["## Training", _table(train_rows, ("setting", "value"))]
+    metric_rows = [
+        (k, v)
+        for k, v in recent.items()
+        if k not in ("steps", "first_step", "last_step") and _number(v) is not None
+    ]
+    if metric_rows:
+        window = f"steps {recent.get('first_step')}-{recent.get('last_step')}"
+        sections += [
+            "## Metrics",
+            f"The mean of each training metric over the last {md_text(recent.get('steps'))} optimizer steps "
+            f"({md_text(window)}), from `metrics.jsonl`. Accuracy is the share of pairs whose implicit reward "
+            "ranks the preferred image higher.",
+            _table(metric_rows, ("metric", "mean")),
+        ]
+    if report:
+        sections += ["## Evaluation", *_eval_section(report, grid)]
+    sections += [
+        "## License",
+        f"License: {md_text(license)}. A LoRA is also subject to its base model's license.",
+    ]
+    return "---\n" + fm + "---\n" + "\n\n".join(sections) + "\n"
+
+
+def _eval_section(report: dict[str, Any], grid: bool) -> list[str]:
+    """The eval report as card text: win rate with its interval, outcomes, judge, prompts, the grid."""
+    s = _dict(report.get("summary"))
+    wr = _dict(s.get("win_rate"))
+    judge = _dict(report.get("judge"))
+    settings = _dict(report.get("settings"))
+    listed = report.get("prompts")
+    prompts = [p for p in listed if isinstance(p, str)] if isinstance(listed, list) else []
+    value, low, high = _number(wr.get("value")), _number(wr.get("low")), _number(wr.get("high"))
+    interval = f" (95 % interval {low:.3f} to {high:.3f})" if low is not None and high is not None else ""
+    text = (
+        f"`prefkit eval` compared the base model and base + this LoRA on the same seeds: win rate "
+        f"**{value:.3f}**{interval} over {md_text(s.get('pairs'))} pairs"
+        if value is not None
+        else "`prefkit eval` compared the base model and base + this LoRA on the same seeds"
+    )
+    rows: list[tuple[Any, ...]] = [
+        ("wins / ties / losses", f"{s.get('wins')} / {s.get('ties')} / {s.get('losses')}"),
+        ("no verdict", s.get("no_verdict")),
+        ("judge", judge.get("source")),
+        ("tie margin", judge.get("tie_margin")),
+        ("samples per prompt", settings.get("samples_per_prompt")),
+        ("seed", settings.get("seed")),
+    ]
+    diff = _dict(_dict(s.get("scores")).get("difference"))
+    if _number(diff.get("mean")) is not None:
+        rows.append(("mean score difference (tuned - base)", diff.get("mean")))
+    shown = ", ".join(md_text(p) for p in prompts[:CARD_PROMPTS])
+    more = f" and {len(prompts) - CARD_PROMPTS} more" if len(prompts) > CARD_PROMPTS else ""
+    out = [
+        text + ". A tie counts half a win; the interval is the sign test's.",
+        _table(rows, ("", "value")),
+        f"Prompts ({len(prompts)}): {shown}{more}." if prompts else "",
+    ]
+    if grid:
+        out.append(f"![base and tuned samples, per prompt a row of base / tuned pairs]({GRID_IN_REPO})")
+    return [o for o in out if o]
+
+
 # -- the listing -----------------------------------------------------------------------------------------
 
 
@@ -849,7 +1297,8 @@ def print_listing(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
     verb = "uploaded" if summary["uploaded"] else "would upload"
-    table = Table(title=f"{verb} to {escape(summary['url'])} (dataset)", title_justify="left")
+    kind = summary.get("kind", "dataset")
+    table = Table(title=f"{verb} to {escape(summary['url'])} ({kind})", title_justify="left")
     table.add_column("file", overflow="fold")
     table.add_column("size", justify="right")
     for path, size in summary["files"]:
@@ -858,6 +1307,15 @@ def print_listing(summary: dict[str, Any]) -> None:
     table.add_row(f"[bold]{len(summary['files'])} files[/]", f"[bold]{human_size(total)}[/]")
     console = Console()
     console.print(table)
+    if kind == "model":
+        base = summary["base_model"] or "none (see the note)"
+        console.print(
+            f"LoRA {escape(summary['lora'])}; card base_model {escape(base)}; eval report "
+            f"{'in the card' if summary['evaluated'] else 'none'}; folder {escape(summary['staging'])}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
     splits = ", ".join(
         f"{s} {c['pairs']} pairs / {c['prompts']} prompts" for s, c in summary["splits"].items()
     )

@@ -89,3 +89,43 @@ def labelled_dataset(tiny_models, tmp_path_factory):
     res = CliRunner().invoke(app, ["label", str(out), "--source", "jpeg", "--quiet"])
     assert res.exit_code == 0, res.output
     return out
+
+
+@pytest.fixture
+def hub():
+    """A fake Hugging Face Hub: a real HTTP server on 127.0.0.1 (tests/hub_server.py) keeping repositories
+    in memory. Nothing in huggingface_hub is patched: `hub_cli` runs prefkit against it in a fresh process.
+    Every request it got must be one it implements."""
+    from hub_server import FakeHub
+
+    with FakeHub() as server:
+        yield server
+    assert server.unhandled == [], f"requests the fake Hub does not implement: {server.unhandled}"
+
+
+@pytest.fixture
+def hub_cli(hub, tmp_path_factory):
+    """``hub_cli([...], NAME=value)``: the real ``prefkit`` command in a fresh process, pointed at the fake
+    Hub (HF_ENDPOINT, HF_TOKEN, online, an empty HF_HOME); ``NAME=None`` removes a variable, any other
+    value sets it. Returns the CompletedProcess (text, stdout and stderr apart)."""
+    import subprocess
+    import sys
+
+    home = tmp_path_factory.mktemp("hf-home")
+
+    def run(args: list, timeout: float = 600, **env_changes: str | None):
+        env = hub.env(dict(os.environ), str(home))
+        for name, value in env_changes.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+        return subprocess.run(
+            [sys.executable, "-m", "prefkit.cli.main", *map(str, args)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run

@@ -1,4 +1,5 @@
-"""`prefkit publish`: the Hub-ready folder loads with `datasets`, and the upload path (intercepted)."""
+"""`prefkit publish`: the Hub-ready folder loads with `datasets`; the upload goes to a fake Hub (a real HTTP
+server on 127.0.0.1, tests/hub_server.py) through the real CLI in a fresh process."""
 
 from __future__ import annotations
 
@@ -155,80 +156,95 @@ def test_split_is_deterministic_and_val_fraction_zero_is_train_only(dataset, tmp
     assert (tmp_path / "foreign" / "keep.txt").read_text() == "mine"
 
 
-@pytest.fixture
-def online(monkeypatch):
-    """Pretend to be online and logged in; the HfApi methods that would touch the network are replaced."""
-    import huggingface_hub
-    from huggingface_hub import constants
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_test")
-    calls = []
-
-    def create_repo(self, repo_id, **kw):
-        calls.append(("create_repo", repo_id, kw))
-
-    def upload_folder(self, **kw):
-        calls.append(("upload_folder", kw["repo_id"], kw))
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
-    return calls
+# -- the upload, against a fake Hub (tests/hub_server.py): a real HTTP server, the real prefkit CLI ------------
 
 
-def test_upload_calls_create_repo_then_upload_folder(dataset, tmp_path, cli, online):
+def _staged(staging):
+    """path -> bytes of every file of the built folder that is uploaded (not the marker)."""
+    return {
+        p.relative_to(staging).as_posix(): p.read_bytes()
+        for p in sorted(staging.rglob("*"))
+        if p.is_file() and p.name != ".prefkit-publish"
+    }
+
+
+def test_upload_creates_the_repo_and_commits_the_folder(dataset, tmp_path, hub, hub_cli):
     staging = tmp_path / "hub"
-    res = cli(["publish", dataset, "--repo-id", "me/tiny-prefs", "--private", "--staging", staging])
-    assert res.exit_code == 0, res.output
-    assert "published https://huggingface.co/datasets/me/tiny-prefs" in res.output
-    assert [c[0] for c in online] == ["create_repo", "upload_folder"]
-    assert online[0][1:] == (
-        "me/tiny-prefs",
-        {"repo_type": "dataset", "private": True, "exist_ok": True},
-    )
-    kw = online[1][2]
-    assert kw["repo_id"] == "me/tiny-prefs" and kw["repo_type"] == "dataset"
-    assert kw["folder_path"] == str(staging)
-    assert kw["ignore_patterns"] == [".prefkit-publish"]
-    assert kw["delete_patterns"] == ["data/*", "trajectories/*", "labels/*"]
-    assert (staging / "README.md").is_file() and (staging / "data" / "train-00000-of-00001.parquet").is_file()
+    res = hub_cli(["publish", dataset, "--repo-id", "me/tiny-prefs", "--private", "--staging", staging])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"published {hub.url}/datasets/me/tiny-prefs" in res.stdout
+    repo = hub.repo("me/tiny-prefs", "dataset")
+    assert repo.private is True and ("model", "me/tiny-prefs") not in hub.repos
+    staged = _staged(staging)
+    assert "README.md" in staged and "data/train-00000-of-00001.parquet" in staged
+    # every staged file, byte for byte, and nothing else (but the .gitattributes the Hub writes)
+    assert repo.files == {".gitattributes": repo.files[".gitattributes"], **staged}
+    assert [c["summary"] for c in repo.commits] == ["prefkit publish"]
+    assert sorted(repo.commits[0]["added"]) == sorted(staged)
+    assert ("POST", "/api/datasets/me/tiny-prefs/commit/main") in hub.requests
 
 
-def test_offline_or_no_token_is_a_clear_error(dataset, tmp_path, cli, monkeypatch):
-    import huggingface_hub
-    from huggingface_hub import constants
+def test_upload_again_sends_no_unchanged_file_and_removes_stale_data(dataset, tmp_path, hub, hub_cli):
+    """Re-running resumes: files already on the Hub are not sent again; data files of an earlier publish
+    that this one does not write are deleted in the same commit (delete_patterns), other files are kept."""
+    args = ["publish", dataset, "--repo-id", "me/tiny-prefs", "--staging", tmp_path / "hub", "-q"]
+    res = hub_cli(args)
+    assert res.returncode == 0, res.stderr
+    repo = hub.repo("me/tiny-prefs", "dataset")
+    repo.files["data/train-00001-of-00002.parquet"] = b"an earlier, larger publish"
+    repo.files["notes.txt"] = b"the owner's own file"
+    before = dict(repo.files)
+    res = hub_cli(args)
+    assert res.returncode == 0, res.stderr
+    assert len(repo.commits) == 2
+    assert repo.commits[1]["added"] == []  # every file unchanged: none sent again
+    assert repo.commits[1]["deleted"] == ["data/train-00001-of-00002.parquet"]
+    del before["data/train-00001-of-00002.parquet"]
+    assert repo.files == before
 
-    def boom(*a, **k):
-        raise AssertionError("no Hub call may happen")
 
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", boom)
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", boom)
+def test_offline_or_no_token_is_a_clear_error(dataset, tmp_path, cli, hub, hub_cli):
     args = ["publish", dataset, "--repo-id", "me/tiny-prefs", "--staging", tmp_path / "s"]
-    res = cli(args)  # the tests run with HF_HUB_OFFLINE=1
-    assert res.exit_code == 2
+    res = hub_cli(args, HF_HUB_OFFLINE="1")
+    assert res.returncode == 2
     assert "HF_HUB_OFFLINE" in res.stderr and "--dry-run" in res.stderr
-    assert "Traceback" not in res.output + res.stderr
+    assert "Traceback" not in res.stdout + res.stderr
 
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
-    res = cli(args)
-    assert res.exit_code == 2
+    res = hub_cli(args, HF_TOKEN=None)  # and HF_HOME holds no stored token
+    assert res.returncode == 2
     assert "no Hugging Face token" in res.stderr and "Traceback" not in res.stderr
+    assert hub.requests == []  # neither reached the Hub
 
     res = cli(["publish", dataset, "--repo-id", "not-a-repo-id", "--dry-run"])
     assert res.exit_code == 2 and "OWNER/NAME" in res.stderr
 
 
-def test_upload_failure_is_a_clear_error(dataset, tmp_path, cli, online, monkeypatch):
-    import huggingface_hub
+def test_dry_run_makes_no_request(dataset, tmp_path, hub, hub_cli):
+    res = hub_cli(
+        ["publish", dataset, "--repo-id", "me/tiny-prefs", "--dry-run", "--staging", tmp_path / "s"]
+    )
+    assert res.returncode == 0, res.stderr
+    assert "would upload" in res.stdout
+    assert hub.requests == [] and hub.repos == {}
 
-    def fail(self, **kw):
-        raise ConnectionError("connection reset")
 
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", fail)
-    res = cli(["publish", dataset, "--repo-id", "me/tiny-prefs", "--staging", tmp_path / "s", "-q"])
-    assert res.exit_code == 2
-    assert "connection reset" in res.stderr and "run the same command again" in res.stderr
+def test_upload_failure_is_a_clear_error(dataset, tmp_path, hub, hub_cli):
+    args = ["publish", dataset, "--repo-id", "me/tiny-prefs", "--staging", tmp_path / "s", "-q"]
+    hub.fail[("POST", "create")] = "drop"  # the connection closes without an answer
+    res = hub_cli(args)
+    assert res.returncode == 2
+    assert "upload to me/tiny-prefs failed" in res.stderr and "disconnected" in res.stderr
+    assert "run the same command again" in res.stderr
     assert "Traceback" not in res.stderr
+
+    del hub.fail[("POST", "create")]
+    hub.fail[("POST", "commit")] = (403, "storage quota exceeded")  # the Hub refuses the commit
+    res = hub_cli(args)
+    assert res.returncode == 2
+    assert "storage quota exceeded" in res.stderr and "run the same command again" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert hub.repo("me/tiny-prefs", "dataset").commits == []
+
+    res = hub_cli(args, HF_TOKEN="hf_not_the_right_one")  # a token the Hub does not accept
+    assert res.returncode == 2
+    assert "401" in res.stderr and "Traceback" not in res.stderr

@@ -13,6 +13,7 @@ from typing import Any
 
 from prefkit.config import field, keys_of
 from prefkit.errors import PrefkitError
+from prefkit.hub import REPO_ID
 from prefkit.training.table import OBJECTIVES, flags, objective, readers
 
 
@@ -171,6 +172,12 @@ class CommonTrainConfig:
         aliases=("--report_to",),
     )
     resume: bool = _free(False, "Continue from the latest checkpoint in --out (same settings).", panel="Run")
+    push_to_hub: str | None = _free(
+        None,
+        "After training, upload the LoRA with a model card to this Hub model repository OWNER/NAME (created "
+        "if absent), as `prefkit publish --lora OUT` does; needs a Hub token (HF_TOKEN or `hf auth login`).",
+        panel="Run",
+    )
     quiet: bool = _free(False, "No live display.", panel="Run", flags=("--quiet", "-q"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -206,6 +213,11 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         )
     if not cfg.out:
         raise PrefkitError("--out is required: where the LoRA, checkpoints and metrics go")
+    if cfg.push_to_hub is not None and not REPO_ID.fullmatch(cfg.push_to_hub):
+        raise PrefkitError(
+            f"--push-to-hub {cfg.push_to_hub!r}: expected a Hub model repository OWNER/NAME "
+            "(letters, digits, '-', '_', '.'), e.g. --push-to-hub me/my-lora"
+        )
     # choices are case-insensitive: --objective D3PO, --mixed-precision BF16
     cfg = dataclasses.replace(
         cfg,

@@ -30,6 +30,7 @@ from prefkit.fileio import (
     removed_on_failure,
     write_yaml,
 )
+from prefkit.runs import SUMMARY_WINDOW, recent_means
 from prefkit.training.batch import Batch
 from prefkit.training.config import RESUME_KEYS, TrainConfig, resolve
 from prefkit.training.lora import add_lora, load_init_lora, lora_state, save_lora
@@ -253,30 +254,6 @@ def train_loop(run: Run, pairs: list, step, unit: str = "pairs", on_step=None) -
             ):
                 last_ckpt = save_run_checkpoint(run)
     return last
-
-
-SUMMARY_WINDOW = 20  # the final summary averages the metrics of this many last steps
-
-
-def recent_means(metrics_path: Path, window: int) -> dict[str, Any]:
-    """The mean of each metric over the last ``window`` steps of metrics.jsonl (steps before a resume
-    included): {"steps": n, "first_step", "last_step", metric: mean}. One micro-batch's loss and accuracy
-    (a few pairs) swing from step to step; this is what a run's end summary reports."""
-    records = []
-    for line in metrics_path.read_text().splitlines()[-window:]:
-        with contextlib.suppress(ValueError):
-            records.append(json.loads(line))
-    skip = {"step", "epoch", "lr"}
-    means: dict[str, Any] = {
-        "steps": len(records),
-        "first_step": records[0]["step"] if records else None,
-        "last_step": records[-1]["step"] if records else None,
-    }
-    for key in records[-1] if records else ():
-        values = [r.get(key) for r in records]
-        if key not in skip and all(isinstance(v, (int, float)) for v in values):
-            means[key] = sum(values) / len(values)
-    return means
 
 
 def save_run_checkpoint(run: Run) -> Path:

@@ -22,7 +22,7 @@ FILE = "prefkit_train.json"
 # settings a model folder may not set: where things are, what is trained on, and what the data kinds read
 NOT_RECOMMENDED = frozenset(
     "dataset out objective labels model init_lora guidance negative_prompt resolution min_prompt_count "
-    "adv_clip reference old_policy force resume quiet log_with checkpoint_every".split()
+    "adv_clip reference old_policy force resume quiet log_with checkpoint_every push_to_hub".split()
 )
 
 

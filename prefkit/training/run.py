@@ -65,6 +65,12 @@ def run_train(cfg: TrainConfig, given: frozenset[str] | None = None) -> dict[str
     )
 
     cfg = resolve(absolute_paths(cfg))
+    if cfg.push_to_hub:  # offline or without a token: said now, not after the training
+        from prefkit.publish import check_hub_access
+
+        check_hub_access(
+            instead="leave out --push-to-hub and publish later with `prefkit publish --lora OUT`"
+        )
     row = objective(cfg.objective)
     Step = step_class(row.step)
     out = Path(cfg.out).expanduser()
@@ -95,4 +101,24 @@ def run_train(cfg: TrainConfig, given: frozenset[str] | None = None) -> dict[str
     if cfg.init_lora:
         summary["init_lora"] = cfg.init_lora
     recent = finish_run(run, summary)
-    return {**last, **data.result(), "recent": recent}
+    result = {**last, **data.result(), "recent": recent}
+    if cfg.push_to_hub and accelerator.is_main_process:
+        result["hub"] = push_to_hub(out, cfg)
+    return result
+
+
+def push_to_hub(out: Path, cfg: TrainConfig) -> str:
+    """--push-to-hub: the run's LoRA and model card to the Hub, by ``prefkit publish --lora OUT`` (the same
+    function); returns the repository's URL. A failure leaves the trained run as it is and says how to
+    publish it without training again."""
+    from prefkit.config import PublishConfig
+    from prefkit.publish import run_publish
+
+    again = (
+        f"the training run is complete: upload it with `prefkit publish --lora {out} --repo-id "
+        f"{cfg.push_to_hub}` (files already on the Hub are not sent again)"
+    )
+    summary = run_publish(PublishConfig(lora=str(out), repo_id=cfg.push_to_hub, quiet=True), again=again)
+    for text in summary["notes"]:  # what the card lacks: said even with --quiet
+        note(True, text)
+    return summary["url"]

@@ -40,6 +40,7 @@ def test_a_new_field_is_checked_on_resume_unless_it_says_otherwise():
         "device",
         "validation_prompts",
         "validation_every",
+        "push_to_hub",
     }
     assert set(RESUME_KEYS) == {f.name for f in dataclasses.fields(TrainConfig)} - free
     assert set(flags()) <= set(RESUME_KEYS)  # every objective flag, e.g. tdpo's critic_lr
