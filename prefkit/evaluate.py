@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from prefkit import __version__
-from prefkit.config import EvalConfig, GenerateConfig, LabelConfig
+from prefkit.config import EvalConfig, GenerateConfig
 from prefkit.errors import PrefkitError
 from prefkit.fileio import check_output_folder, jsonable, utc_timestamp
 from prefkit.progress import progress
@@ -220,21 +220,9 @@ def eval_device(name: str) -> torch.device:
 def make_eval_judge(cfg: EvalConfig, device: torch.device):
     """The judge of ``--source``, built as ``prefkit label`` builds it (its --judge-* flags renamed)."""
     from prefkit.judges import make_judge
-    from prefkit.label import judge_options
+    from prefkit.label import judge_label_config, judge_options
 
-    label_cfg = LabelConfig(
-        source=cfg.source,
-        judge_model=cfg.judge_model,
-        judge_revision=cfg.judge_revision,
-        processor=cfg.processor,
-        weights=cfg.weights,
-        method=cfg.method,
-        template=cfg.template,
-        device=cfg.judge_device or str(device),
-        dtype=cfg.judge_dtype,
-        batch_size=cfg.judge_batch_size,
-    )
-    return make_judge(judge_options(label_cfg))
+    return make_judge(judge_options(judge_label_config(cfg, str(device))))
 
 
 # -- 3. sampling and judging --------------------------------------------------------------------------

@@ -176,6 +176,25 @@ def iter_images(folder: Path, keys: set[str] | None = None) -> Iterator[tuple[st
         yield raw["__key__"], load_png(raw["png"], spec, f"{folder}: {raw['__key__']}.png"), prompt
 
 
+def judge_label_config(cfg, device: str, **settings) -> LabelConfig:
+    """prefkit label's settings for the judge another stage runs (eval, loop): ``cfg``'s --source and
+    --judge-* options (judge_model, judge_revision, processor, weights, method, template, judge_device,
+    judge_dtype, judge_batch_size), the judge on ``device`` unless --judge-device says otherwise."""
+    return LabelConfig(
+        source=cfg.source,
+        judge_model=cfg.judge_model,
+        judge_revision=cfg.judge_revision,
+        processor=cfg.processor,
+        weights=cfg.weights,
+        method=cfg.method,
+        template=cfg.template,
+        device=cfg.judge_device or device,
+        dtype=cfg.judge_dtype,
+        batch_size=cfg.judge_batch_size,
+        **settings,
+    )
+
+
 def judge_options(cfg: LabelConfig):
     """The judge's options from ``prefkit label``'s settings (``prefkit eval`` passes its own --judge-*
     flags through a LabelConfig, so both commands build judges the same way)."""

@@ -133,20 +133,14 @@ def _label(cfg: LoopConfig, data: Path, name: str) -> None:
 
 def label_config(cfg: LoopConfig, data: Path, name: str) -> LabelConfig:
     """prefkit label's settings for a round: the loop's source and judge options."""
-    return LabelConfig(
+    from prefkit.label import judge_label_config
+
+    return judge_label_config(
+        cfg,
+        cfg.device,
         dataset=str(data),
-        source=cfg.source,
         name=name,
         tie_margin=cfg.tie_margin,
-        judge_model=cfg.judge_model,
-        judge_revision=cfg.judge_revision,
-        processor=cfg.processor,
-        weights=cfg.weights,
-        method=cfg.method,
-        template=cfg.template,
-        device=cfg.judge_device or cfg.device,
-        dtype=cfg.judge_dtype,
-        batch_size=cfg.judge_batch_size,
         overwrite=True,
         quiet=cfg.quiet,
     )

@@ -307,11 +307,7 @@ def build_folder(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    files = [
-        (p.relative_to(staging).as_posix(), p.stat().st_size)
-        for p in sorted(staging.rglob("*"))
-        if p.is_file() and p.name != MARKER
-    ]
+    files = staged_files(staging)
     return {
         "staging": str(staging),
         "repo_id": repo_id,
@@ -1062,11 +1058,7 @@ def build_lora_folder(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    files = [
-        (p.relative_to(staging).as_posix(), p.stat().st_size)
-        for p in sorted(staging.rglob("*"))
-        if p.is_file() and p.name != MARKER
-    ]
+    files = staged_files(staging)
     return {
         "kind": "model",
         "staging": str(staging),
@@ -1324,3 +1316,12 @@ def print_listing(summary: dict[str, Any]) -> None:
         highlight=False,
         soft_wrap=True,
     )
+
+
+def staged_files(staging: Path) -> list[tuple[str, int]]:
+    """(path relative to the staging folder, bytes) of every file to upload, sorted (not the marker)."""
+    return [
+        (p.relative_to(staging).as_posix(), p.stat().st_size)
+        for p in sorted(staging.rglob("*"))
+        if p.is_file() and p.name != MARKER
+    ]

@@ -298,7 +298,9 @@ class Family:
             self.set_network(before)
 
     def default_size(self) -> tuple[int, int]:
-        raise NotImplementedError
+        """The pipeline's own default size: its default_sample_size latents times the VAE's downscale."""
+        s = self.pipe.default_sample_size * self.vae_scale_factor
+        return s, s
 
     def size_multiple(self) -> int:
         """Height and width must be multiples of this many pixels."""

@@ -46,10 +46,6 @@ class FluxFamily(FlowFamily):
     def embedded_guidance(self) -> bool:
         return bool(self.pipe.transformer.config.guidance_embeds)
 
-    def default_size(self):
-        s = self.pipe.default_sample_size * self.vae_scale_factor
-        return s, s
-
     def size_multiple(self):
         return self.vae_scale_factor * 2
 

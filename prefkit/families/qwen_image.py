@@ -44,11 +44,6 @@ class QwenImageFamily(FlowFamily):
     def denoiser(self):
         return self.pipe.transformer
 
-    def default_size(self):
-        # QwenImagePipeline's default: default_sample_size (128) x vae_scale_factor (1024 px for Qwen-Image)
-        s = self.pipe.default_sample_size * self.vae_scale_factor
-        return s, s
-
     def size_multiple(self):
         return self.vae_scale_factor * 2
 

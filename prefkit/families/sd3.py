@@ -23,10 +23,6 @@ class SD3Family(FlowFamily):
     def denoiser(self):
         return self.pipe.transformer
 
-    def default_size(self):
-        s = self.pipe.default_sample_size * self.vae_scale_factor
-        return s, s
-
     def size_multiple(self):
         return self.vae_scale_factor * self.pipe.transformer.config.patch_size
 
