@@ -151,7 +151,17 @@ def test_eval_of_a_learned_lora(bright_run, tiny_models, cli, tmp_path):
 
     res = _ok(
         cli(
-            ["eval", "--lora", bright_run / "lora", "--source", SCORER, "--samples", 4, "--batch-size", 16]
+            [
+                "eval",
+                "--lora",
+                bright_run / "lora",
+                "--source",
+                SCORER,
+                "--samples-per-prompt",
+                4,
+                "--batch-size",
+                16,
+            ]
             + [a for p in HELD_OUT for a in ("--prompt", p)]
         )
     )
@@ -273,7 +283,7 @@ def test_untrained_lora_no_drift_all_ties(zero_lora, tiny_models, cli, tmp_path)
 
 
 def test_bad_input_exits_2_naming_the_thing(zero_lora, tiny_models, cli, tmp_path):
-    base = ["eval", "--source", SCORER, "--prompt", "a red circle", "--samples", 1, "--steps", 1]
+    base = ["eval", "--source", SCORER, "--prompt", "a red circle", "--samples-per-prompt", 1, "--steps", 1]
     base += ["--height", SIZE, "--width", SIZE, "-q"]
     out = tmp_path / "out"
 
@@ -289,9 +299,7 @@ def test_bad_input_exits_2_naming_the_thing(zero_lora, tiny_models, cli, tmp_pat
     fails(["--lora", tmp_path / "empty", "--out", out], "pytorch_lora_weights.safetensors", "empty")
     fails(["--lora", zero_lora, "--out", out], "--model is required", "no training run found")
     model = ["--model", tiny_models["sd3"], "--out", out]
-    fails(
-        ["--lora", zero_lora, *model, "--samples", 0], "--samples-per-prompt 0"
-    )  # the old spelling still works
+    fails(["--lora", zero_lora, *model, "--samples-per-prompt", 0], "--samples-per-prompt 0")
     fails(["--lora", zero_lora, "--model", tiny_models["ddim"], "--out", out], "does not fit", "unet")
     res = cli([*base, "--lora", zero_lora, *model[:2], "--out", out, "--source", "nosuchjudge"])
     assert res.exit_code == 2 and "nosuchjudge" in res.output and "unknown" in res.output

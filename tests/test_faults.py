@@ -516,7 +516,7 @@ def test_read_only_output_folder(cli, tiny_models, labelled_dataset, read_only, 
         "label": ["label", ds, "--source", "jpeg", "--name", "again", "-q"],
         "publish": ["publish", ds, "--repo-id", "me/x", "--dry-run", "-q"],  # staging inside the dataset
         "eval": ["eval", "--lora", tmp_path / "run" / "lora", "--out", read_only / "eval", "--source", "jpeg",
-                 "--samples", 1, "--prompt", "a cat", "-q"],
+                 "--samples-per-prompt", 1, "--prompt", "a cat", "-q"],
     }[command]  # fmt: skip
     _one_line_error(cli(args), str(read_only), "read-only")
     assert _tree(read_only) == before

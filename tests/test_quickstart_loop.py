@@ -32,7 +32,7 @@ def test_generate_label_train_eval_on_the_builtin_model(cli, tmp_path, monkeypat
     ok(["generate", "--out", "data", "--prompts", "shapes", "--samples-per-prompt", 8, "--guidance", 1, "-q"])
     ok(["label", "data", "--source", "shapes", "--tie-margin", 0.01, "--quiet"])
     ok(["train", "data", "--out", "run", "--objective", "d3po", "-q"])  # the model's recommended settings
-    ok(["eval", "--lora", "run/lora", "--samples", 16, "--tie-margin", 0.02, "--no-kl", "--quiet"])
+    ok(["eval", "--lora", "run/lora", "--samples-per-prompt", 16, "--tie-margin", 0.02, "--no-kl", "--quiet"])
 
     config = (tmp_path / "run" / "config.yaml").read_text()
     for line in ("lr: 0.001", "max-steps: 120", "batch-size: 8", "timestep-fraction: 0.5", "kl-coef: 0.1"):
