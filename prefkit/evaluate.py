@@ -44,6 +44,7 @@ from prefkit import __version__
 from prefkit.config import EvalConfig, GenerateConfig
 from prefkit.errors import PrefkitError
 from prefkit.fileio import check_output_folder, jsonable, utc_timestamp
+from prefkit.image_stats import compare, image_stats
 from prefkit.progress import progress
 from prefkit.prompts import resolve_prompts
 from prefkit.runs import LORA_WEIGHTS, Origin, default_out, find_origin  # noqa: F401 - LORA_WEIGHTS: re-exported
@@ -458,6 +459,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     ]
     rows: list[dict[str, Any]] = []
     kept: dict[tuple[int, int], tuple] = {}
+    stats_base: list[dict[str, float]] = []  # image statistics (prefkit.image_stats), row by row
+    stats_tuned: list[dict[str, float]] = []
     seconds = {"sampling": 0.0, "kl": 0.0, "judging": 0.0}
     total = num_groups * cfg.samples_per_prompt
     with progress(not cfg.quiet, total, "eval", "pairs") as advance:
@@ -504,6 +507,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
                         "judge": details,
                     }
                 )
+                stats_base.append(image_stats(base.images[b]))
+                stats_tuned.append(image_stats(tuned.images[b]))
                 if g < GRID_PROMPTS and i < GRID_SAMPLES:
                     kept[(g, i)] = (base.images[b], tuned.images[b])
             wins = sum(r["outcome"] == "win" for r in rows) + sum(r["outcome"] == "tie" for r in rows) / 2
@@ -512,6 +517,12 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
     # 4. statistics and outputs --------------------------------------------------------------------------
     summary = summarize(rows, scored=not pairwise, kl=cfg.kl)
+    summary["image_stats"] = compare(stats_base, stats_tuned)
+    if summary["image_stats"]["flagged"]:
+        notes.append(
+            "image statistics moved beyond the base model's seed-to-seed spread (possible reward hacking; "
+            "look at the grid): " + ", ".join(summary["image_stats"]["flagged"])
+        )
     if summary["no_verdict"]:
         notes.append(f"{summary['no_verdict']} pair(s) without a verdict are left out of the win rate")
     report = {
