@@ -71,6 +71,21 @@ def cli():
     return run
 
 
+def two_prompt_dataset(out, model: str):
+    """A small unlabelled dataset through the real CLI: ``model``, 2 prompts x 3 samples, 2 steps."""
+    from typer.testing import CliRunner
+
+    from prefkit.cli.main import app
+
+    res = CliRunner().invoke(
+        app,
+        ["generate", "--out", str(out), "--model", model, "--prompt", "a red circle"]
+        + ["--prompt", "a blue square", "--samples-per-prompt", "3", "--steps", "2", "--quiet"],
+    )
+    assert res.exit_code == 0, res.output
+    return out
+
+
 @pytest.fixture(scope="session")
 def labelled_dataset(tiny_models, tmp_path_factory):
     """A small dataset made through the real CLI and labelled with --source jpeg: tiny SD3, 3 prompts x

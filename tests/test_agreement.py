@@ -4,6 +4,7 @@ sets of one dataset: a judge that agrees with the humans on one prompt and contr
 from __future__ import annotations
 
 import pytest
+from conftest import two_prompt_dataset
 
 from prefkit.errors import PrefkitError
 from prefkit.math.stats import cohen_kappa
@@ -27,18 +28,7 @@ def test_cohen_kappa_hand_worked():
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, tiny_models):
-    from typer.testing import CliRunner
-
-    from prefkit.cli.main import app
-
-    out = tmp_path_factory.mktemp("agreement") / "ds"
-    res = CliRunner().invoke(
-        app,
-        ["generate", "--out", str(out), "--model", tiny_models["sd3"], "--prompt", "a red circle"]
-        + ["--prompt", "a blue square", "--samples-per-prompt", "3", "--steps", "2", "--quiet"],
-    )
-    assert res.exit_code == 0, res.output
-    return out
+    return two_prompt_dataset(tmp_path_factory.mktemp("agreement") / "ds", tiny_models["sd3"])
 
 
 def _scored_set(folder, name, values):

@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import pytest
+from conftest import two_prompt_dataset
 
 from prefkit.errors import PrefkitError
 from prefkit.label_sets import SampleInfo, pairs_from_scores
@@ -72,18 +73,7 @@ def test_bad_policy_and_margin():
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, tiny_models):
-    from typer.testing import CliRunner
-
-    from prefkit.cli.main import app
-
-    out = tmp_path_factory.mktemp("labels") / "ds"
-    res = CliRunner().invoke(
-        app,
-        ["generate", "--out", str(out), "--model", tiny_models["sd3"], "--prompt", "a red circle"]
-        + ["--prompt", "a blue square", "--samples-per-prompt", "3", "--steps", "2", "--quiet"],
-    )
-    assert res.exit_code == 0, res.output
-    return out
+    return two_prompt_dataset(tmp_path_factory.mktemp("labels") / "ds", tiny_models["sd3"])
 
 
 @pytest.fixture

@@ -93,7 +93,6 @@ class Trajectories:
     chains: torch.Tensor
     stored_lp: torch.Tensor
     cond: Any
-    records: list[dict]
 
 
 @dataclass

@@ -32,7 +32,7 @@ from prefkit.fileio import (
 )
 from prefkit.runs import SUMMARY_WINDOW, recent_means
 from prefkit.training.batch import Batch
-from prefkit.training.config import RESUME_KEYS, TrainConfig, resolve
+from prefkit.training.config import RESUME_KEYS, TrainConfig
 from prefkit.training.lora import add_lora, load_init_lora, lora_state, save_lora
 
 
@@ -309,14 +309,15 @@ def check_out(out: Path, cfg: TrainConfig) -> None:
 
 
 def check_resume(out: Path, cfg: TrainConfig) -> None:
-    """--resume: the settings of RESUME_KEYS must be those of the interrupted run (its config.yaml)."""
+    """--resume: the settings of RESUME_KEYS (of ``cfg``, resolved) must be those of the interrupted run
+    (its config.yaml)."""
     saved = out / "config.yaml"
     if not (cfg.resume and saved.is_file()):
         return
     import yaml
 
     old = {k.replace("-", "_"): v for k, v in (yaml.safe_load(saved.read_text()) or {}).items()}
-    new = resolve(cfg).to_dict()
+    new = cfg.to_dict()  # run_train resolved it (and filled the family's settings) before
     diff = [k for k in RESUME_KEYS if k in old and old[k] != new[k]]
     if diff:
         shown = "; ".join(f"{k}: was {old[k]!r}, now {new[k]!r}" for k in diff)

@@ -389,7 +389,6 @@ class TrajectoryData:
             chains=torch.stack([s["latents"] for s in samples]).float(),  # [n, K+1, C, h, w]
             stored_lp=torch.stack([s["logprobs"] for s in samples]).float(),  # [n, K]
             cond=self.conditioning(samples),
-            records=[s["record"] for s in samples],
         )
 
     def stored_lp_problems(self) -> list[str]:
