@@ -398,6 +398,11 @@ def bench_train(
 
         times: dict[str, list[float]] = {"live": [], "stored": [], "bare": [], "read": []}
         refused = ""
+        from prefkit.training.stored import compute_precision
+
+        precision = compute_precision(_read_settings(ds)["dtype"], "no", torch.device(device))
+        if precision != "float32":  # known before running it: stored lp stand in only in float32
+            refused = f"--reference stored trains live in {precision} (prefkit/training/stored.py)"
         for r in range(repeats):
             for ref in ("live", "stored"):
                 if ref == "stored" and refused:
@@ -526,28 +531,12 @@ def build_memory_model(path, layers: int = 6, heads: int = 6, seed: int = 0) -> 
     return build_model_folder(make, path, seed)
 
 
-def _peak_rss() -> int:
-    """This process's peak resident set, in bytes: VmHWM of /proc/self/status on Linux. Not
-    ru_maxrss: Linux carries it over from the parent across fork + exec, so a child started by a
-    600 MB bench process would report at least 600 MB."""
-    import resource
-    import sys
-
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024
-
-
 def _memory_child(mode: str, folder: str, device: str, out: str) -> int:
-    """Run one configuration in this (fresh) process; print its peak memory in bytes: peak RSS on
-    the CPU (the whole process: interpreter, libraries, weights, activations), max_memory_allocated
-    on CUDA (tensors only)."""
+    """Run one configuration in this (fresh) process; print its peak memory in bytes during the
+    optimizer steps (prefkit.memory: the high-water mark restarts when the steps begin, so loading's
+    peak is left out, and printed apart as ``load``): peak RSS on the CPU (the whole process:
+    interpreter, libraries, weights, activations), max_memory_allocated on CUDA (tensors only). The
+    floor imports the same libraries and restarts its peak as well."""
     import json
     from pathlib import Path
 
@@ -555,6 +544,7 @@ def _memory_child(mode: str, folder: str, device: str, out: str) -> int:
     import diffusers  # noqa: F401
     import peft  # noqa: F401
 
+    from prefkit.memory import PhasePeak, peak_bytes
     from prefkit.training.config import TrainConfig
     from prefkit.training.run import run_train
 
@@ -564,18 +554,26 @@ def _memory_child(mode: str, folder: str, device: str, out: str) -> int:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     row: dict[str, Any] = {"mode": mode}
+    phase = PhasePeak(device)
     if mode == "adapters":
         run_train(cfg)
+        memory = json.loads((Path(out) / "summary.json").read_text())["memory"]
+        row.update(load=memory["before_mib"] * 2**20, peak=memory["during_mib"] * 2**20)
     elif mode in ("none", "deepcopy"):
         family, sampler, schedule, optimizer, reference, cfg = _bare_setup(
             Path(folder), cfg, device, deep_copy=mode == "deepcopy"
         )
-        for b in _bare_batches(family, Path(folder), cfg, sampler, schedule, cfg.max_steps):
+        batches = _bare_batches(family, Path(folder), cfg, sampler, schedule, cfg.max_steps)
+        phase.start()  # as train_loop does
+        for b in batches:
             _bare_step(family, schedule, sampler, b, optimizer, reference)
         base = [p for n, p in family.denoiser.named_parameters() if "lora_" not in n]
         row["weights"] = sum(p.numel() * p.element_size() for p in base)  # bytes, the adapters left out
         row["denoiser"] = type(family.denoiser).__name__
-    row["peak"] = torch.cuda.max_memory_allocated() if device == "cuda" else _peak_rss()
+        row.update(load=phase.before, peak=peak_bytes(device))
+    else:  # the floor
+        phase.start()
+        row.update(load=phase.before, peak=peak_bytes(device))
     print(json.dumps(row))
     return 0
 
@@ -593,9 +591,11 @@ def bench_memory(
     """Peak memory of training (run_train, --reference live: the reference is the adapters-off
     network) against a loop that has no reference at all, and a loop that keeps a deep copy of the
     denoiser as the reference (D3PO). Every configuration runs in a fresh process on the same dataset
-    (2-step trajectories, 1 pair per step, 2 steps, no CFG). On the CPU the figure is peak RSS minus
-    the "floor" (a process that imports the same libraries and does nothing else); on CUDA it is
-    torch.cuda.max_memory_allocated.
+    (2-step trajectories, 1 pair per step, 2 steps, no CFG). The peak is that of the optimizer steps:
+    each process restarts its high-water mark when they begin (prefkit.memory), so loading the model
+    (on the CPU: the mapped weight files and their aligned copies at once) is left out. On the CPU the
+    figure is that peak RSS minus the "floor" (a process that imports the same libraries and does
+    nothing else); on CUDA it is torch.cuda.max_memory_allocated.
 
     The model: ``model`` itself, except when it is ``None`` or a local model whose denoiser weighs
     less than ``SMALL_DENOISER_BYTES`` (the tiny ones): a second copy of it would not show next to the
@@ -657,7 +657,7 @@ def bench_memory(
     name = f"SD3 transformer {layers} x {heads * 64} wide" if small else f"{_model_tag(model)} {kind}"
     size = "{height} x {width} px".format(**settings)
     what = f"{name}, {weights:.0f} MiB of {settings['dtype']} weights, {size}"
-    how = "peak RSS over the import floor" if device == "cpu" else "max_memory_allocated"
+    how = "optimizer steps' peak RSS over the import floor" if device == "cpu" else "max_memory_allocated"
     return [
         Figure(
             f"peak memory, train (reference = adapters off) ({what}; {how})",

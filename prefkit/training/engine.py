@@ -30,6 +30,7 @@ from prefkit.fileio import (
     removed_on_failure,
     write_yaml,
 )
+from prefkit.memory import PhasePeak
 from prefkit.runs import SUMMARY_WINDOW, recent_means
 from prefkit.training.batch import Batch
 from prefkit.training.config import RESUME_KEYS, TrainConfig
@@ -68,6 +69,8 @@ class Run:
     # more objects with state_dict / load_state_dict saved in every checkpoint (extras.pt), e.g. TDPO's
     # critic and its optimizer; registered with add_extras, which restores them when resuming
     extras: dict = field(default_factory=dict)
+    # peak memory before the optimizer steps (loading) and during them (prefkit.memory); summary.json
+    memory: PhasePeak | None = None
 
 
 def add_extras(run: Run, **objects) -> None:
@@ -181,7 +184,8 @@ def train_loop(run: Run, pairs: list, step, unit: str = "pairs", on_step=None) -
     prefkit.training.batch.Batch (items with their epoch and position) -- and returns its metrics
     (``loss``, and ``accuracy`` for pairs). ``pairs`` are the training items: pairs, scored samples
     (``unit`` "samples") or image pairs, each with a ``shard``; the throughput is logged as
-    ``{unit}_per_s``. ``on_step(step)`` runs after each optimizer step (validation images)."""
+    ``{unit}_per_s``. ``on_step(step)`` runs after each optimizer step (validation images). The peak memory
+    of the steps, apart from loading's, is left in ``run.memory``."""
     cfg, out, accelerator, state = run.cfg, run.out, run.accelerator, run.state
     main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -196,6 +200,8 @@ def train_loop(run: Run, pairs: list, step, unit: str = "pairs", on_step=None) -
     t0, pairs_done = time.perf_counter(), 0
     from prefkit.progress import progress
 
+    run.memory = PhasePeak(accelerator.device)
+    run.memory.start()  # the loading peak ends here; summary.json reports both
     with progress(main and not cfg.quiet, cfg.max_steps, f"train {cfg.objective}", "steps") as advance:
         advance(state["step"])
         while state["step"] < cfg.max_steps:

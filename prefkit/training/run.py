@@ -98,6 +98,7 @@ def run_train(cfg: TrainConfig, given: frozenset[str] | None = None) -> dict[str
     last = train_loop(run, data.items, step, unit=Step.unit, on_step=validation_hook(cfg, run, data))
     step.save(out)
     summary: dict[str, Any] = {"final": last, **data.summary(), "objective": cfg.objective, **step.summary()}
+    summary["memory"] = run.memory.summary()
     if cfg.init_lora:
         summary["init_lora"] = cfg.init_lora
     recent = finish_run(run, summary)
