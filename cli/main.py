@@ -199,10 +199,25 @@ def train(args: Invocation) -> None:
         typer.echo(
             f"trained {last['step']} steps; {window}: loss {recent['loss']:.4f}, {shown}; "
             + (f"{last['ties_skipped']} ties dropped; " if "ties_skipped" in last else "")
+            + _memory_words(last.get("memory"))
             + f"LoRA in {Path(cfg.out) / 'lora'} (pipe.load_lora_weights), metrics in {Path(cfg.out) / 'metrics.jsonl'}"
         )
     if last.get("hub") and _is_main_process():
         typer.echo(f"published {last['hub']}")
+
+
+def _memory_words(memory: dict | None) -> str:
+    """The peak memory of the optimizer steps (and of loading, where it was measured apart)."""
+    if not memory:
+        return ""
+    gpu = "cuda" in memory["measure"]
+    what = "peak GPU memory" if gpu else "peak memory"
+    loading = (
+        f" ({memory['before_mib']:,.0f} MiB while loading)"
+        if memory["reset"] and memory["before_mib"]
+        else ""
+    )
+    return f"{what} {memory['during_mib']:,.0f} MiB in the steps{loading}; "
 
 
 @config_command(app, EvalConfig, name="eval")

@@ -102,7 +102,7 @@ def run_train(cfg: TrainConfig, given: frozenset[str] | None = None) -> dict[str
     if cfg.init_lora:
         summary["init_lora"] = cfg.init_lora
     recent = finish_run(run, summary)
-    result = {**last, **data.result(), "recent": recent}
+    result = {**last, **data.result(), "recent": recent, "memory": summary["memory"]}
     if cfg.push_to_hub and accelerator.is_main_process:
         result["hub"] = push_to_hub(out, cfg)
     return result

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -620,7 +621,7 @@ def test_progress_display_without_quiet(cli, sd3_data, tiny_models, tmp_path, co
     """The commands as a person runs them: with the live display on (no --quiet)."""
     if command == "train":
         args = ["train", sd3_data, "--out", tmp_path / "o", "--max-steps", "2", "--batch-size", "1"]
-        expect = "trained 2 steps; mean of steps 1-2: loss "
+        expect = "trained 2 steps; mean of steps 1-2: loss "  # then the steps' peak memory (MiB)
     elif command == "generate":
         args = [
             "generate",
@@ -640,6 +641,8 @@ def test_progress_display_without_quiet(cli, sd3_data, tiny_models, tmp_path, co
     res = cli(args)
     assert res.exit_code == 0, res.output
     assert expect in res.output
+    if command == "train":  # the steps' peak apart from loading's (prefkit.memory; Linux)
+        assert re.search(r"peak memory [\d,]+ MiB in the steps \([\d,]+ MiB while loading\)", res.output)
 
 
 # -- 12. validation images ----------------------------------------------------------------------------------
