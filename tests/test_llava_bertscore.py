@@ -271,6 +271,16 @@ def test_options_and_their_errors(tiny, tmp_path, monkeypatch):
         _judge(tiny)
 
 
+def test_eval_and_loop_pass_the_bert_options_to_the_judge():
+    from prefkit.config import EvalConfig, LoopConfig
+    from prefkit.label import judge_label_config, judge_options
+
+    for cls in (EvalConfig, LoopConfig):
+        cfg = cls(source="llava", method="bertscore", bert_model="/m/bert", bert_layer=3)
+        options = judge_options(judge_label_config(cfg, "cpu"))
+        assert (options.method, options.bert_model, options.bert_layer) == ("bertscore", "/m/bert", 3), cls
+
+
 # -- end to end through the CLI, and DDPO on the labels ------------------------------------------------------
 
 
