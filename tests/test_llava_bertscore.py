@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,6 @@ from conftest import two_prompt_dataset
 from prefkit.errors import PrefkitError
 from prefkit.judges import JudgeOptions, make_judge
 from prefkit.judges.llava import BERTSCORE_REFERENCE, DESCRIBE_QUESTION, BERTScoreJudge
-
-pytest.importorskip("bert_score")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -261,12 +260,27 @@ def test_options_and_their_errors(tiny, tmp_path, monkeypatch):
         _judge(tiny, bert_layer=-1)
     with pytest.raises(PrefkitError, match=r"layer 7\): cannot load it"):
         _judge(tiny, bert_layer=7)  # 3 layers
-    # DDPO's default model and bert-score's tuned layer for it (40); offline and not cached: a clear error
-    with pytest.raises(PrefkitError, match=r"'microsoft/deberta-xlarge-mnli' \(layer 40\): cannot load"):
-        _judge(tiny, bert_model=None, bert_layer=None)
+    # the defaults are DDPO's: BERTScorer("microsoft/deberta-xlarge-mnli", use_fast_tokenizer=True), with
+    # bert-score's tuned layer for it (40), no idf, no rescaling (a stand-in records what it is given: no load)
+    import bert_score
+
+    given = {}
+    monkeypatch.setattr(bert_score, "BERTScorer", lambda **kw: given.update(kw))
+    default = _judge(tiny, bert_model=None, bert_layer=None, device="cpu")
+    assert given == {
+        "model_type": "microsoft/deberta-xlarge-mnli",
+        "num_layers": 40,
+        "use_fast_tokenizer": True,
+        "device": "cpu",
+        "idf": False,
+        "rescale_with_baseline": False,
+    }
+    assert default.info()["bertscore"]["model"] == "microsoft/deberta-xlarge-mnli"
+    assert default.info()["bertscore"]["layer"] == 40
+    monkeypatch.undo()
     with pytest.raises(PrefkitError, match="--method 'bert'"):
         _judge(tiny, method="bert")
-    monkeypatch.setitem(__import__("sys").modules, "bert_score.utils", None)
+    monkeypatch.setitem(sys.modules, "bert_score.utils", None)
     with pytest.raises(PrefkitError, match=r"pip install 'prefkit\[bertscore\]'"):
         _judge(tiny)
 
