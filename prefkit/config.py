@@ -310,11 +310,23 @@ class LabelConfig:
     )
     method: str | None = field(
         None,
-        "Judge method: jpeg compressibility|incompressibility; llava vqascore|pairwise (default per judge).",
+        "Judge method: jpeg compressibility|incompressibility; llava vqascore|pairwise|bertscore (default per judge).",
         panel="Judge",
     )
     template: str | None = field(
         None, "Question template of a VLM judge; {prompt} is replaced by the sample's prompt.", panel="Judge"
+    )
+    bert_model: str | None = field(
+        None,
+        "llava --method bertscore: BERTScore's text encoder, hub id or local folder (default "
+        "microsoft/deberta-xlarge-mnli, as DDPO).",
+        panel="Judge",
+    )
+    bert_layer: int | None = field(
+        None,
+        "llava --method bertscore: the encoder layer whose hidden states BERTScore matches (default: "
+        "bert-score's tuned layer for --bert-model, 40 for deberta-xlarge-mnli).",
+        panel="Judge",
     )
     device: str = field(
         "auto",
@@ -396,6 +408,12 @@ class LoopConfig:
     method: str | None = field(None, "The judge's method, as prefkit label --method.", panel="Label")
     template: str | None = field(
         None, "The judge's question template, as prefkit label --template.", panel="Label"
+    )
+    bert_model: str | None = field(
+        None, "The BERTScore encoder of llava bertscore, as prefkit label --bert-model.", panel="Label"
+    )
+    bert_layer: int | None = field(
+        None, "The BERTScore layer of llava bertscore, as prefkit label --bert-layer.", panel="Label"
     )
     judge_device: str | None = field(None, "Device of the judge (default: --device).", panel="Label")
     judge_dtype: str = field("float32", "Judge model dtype: float32, float16, bfloat16.", panel="Label")
@@ -686,6 +704,12 @@ class EvalConfig:
     method: str | None = field(None, "The judge's method, as prefkit label --method.", panel="Judge")
     template: str | None = field(
         None, "The judge's question template, as prefkit label --template.", panel="Judge"
+    )
+    bert_model: str | None = field(
+        None, "The BERTScore encoder of llava bertscore, as prefkit label --bert-model.", panel="Judge"
+    )
+    bert_layer: int | None = field(
+        None, "The BERTScore layer of llava bertscore, as prefkit label --bert-layer.", panel="Judge"
     )
     judge_device: str | None = field(None, "Device of the judge (default: --device).", panel="Judge")
     judge_dtype: str = field("float32", "Judge model dtype: float32, float16, bfloat16.", panel="Judge")

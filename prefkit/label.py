@@ -178,8 +178,9 @@ def iter_images(folder: Path, keys: set[str] | None = None) -> Iterator[tuple[st
 
 def judge_label_config(cfg, device: str, **settings) -> LabelConfig:
     """prefkit label's settings for the judge another stage runs (eval, loop): ``cfg``'s --source and
-    --judge-* options (judge_model, judge_revision, processor, weights, method, template, judge_device,
-    judge_dtype, judge_batch_size), the judge on ``device`` unless --judge-device says otherwise."""
+    --judge-* options (judge_model, judge_revision, processor, weights, method, template, bert_model,
+    bert_layer, judge_device, judge_dtype, judge_batch_size), the judge on ``device`` unless
+    --judge-device says otherwise."""
     return LabelConfig(
         source=cfg.source,
         judge_model=cfg.judge_model,
@@ -188,6 +189,8 @@ def judge_label_config(cfg, device: str, **settings) -> LabelConfig:
         weights=cfg.weights,
         method=cfg.method,
         template=cfg.template,
+        bert_model=cfg.bert_model,
+        bert_layer=cfg.bert_layer,
         device=cfg.judge_device or device,
         dtype=cfg.judge_dtype,
         batch_size=cfg.judge_batch_size,
@@ -208,6 +211,8 @@ def judge_options(cfg: LabelConfig):
         weights=cfg.weights,
         method=cfg.method,
         template=cfg.template,
+        bert_model=cfg.bert_model,
+        bert_layer=cfg.bert_layer,
         device=cfg.device,
         dtype=cfg.dtype,
         batch_size=cfg.batch_size,

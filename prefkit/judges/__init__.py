@@ -32,9 +32,11 @@ class JudgeOptions:
     processor: str | None = None  # hub id or folder of the processor, where it differs from the model
     weights: str | None = None  # e.g. the aesthetic MLP's weights file
     method: str | None = (
-        None  # judge-specific: jpeg compressibility|incompressibility; llava vqascore|pairwise
+        None  # judge-specific: jpeg compressibility|incompressibility; llava vqascore|pairwise|bertscore
     )
     template: str | None = None  # the question / prompt template, where the judge asks one
+    bert_model: str | None = None  # llava bertscore: BERTScore's text encoder (hub id or local folder)
+    bert_layer: int | None = None  # llava bertscore: its layer (default: bert-score's tuned one)
     device: str = "auto"  # CUDA when present
     dtype: str = "float32"
     batch_size: int = 8

@@ -24,6 +24,22 @@ bias); only a verdict both orders agree on is kept. A disagreement gives choice 
 orders. llava-1.5 (and LLaVA-NeXT) were not trained on several images per prompt: the pairwise method
 refuses them; use a multi-image model (LLaVA-Interleave, LLaVA-OneVision) or ``--method vqascore``.
 
+``--method bertscore`` (a :class:`~prefkit.judges.Scorer`) is DDPO's prompt-alignment reward (Black et
+al. 2023, ``llava_bertscore`` in kvablack/ddpo-pytorch with its server kvablack/LLaVA-server): the model
+describes each image, asked (the image, then the question, with no prompt in it)::
+
+    Answer concisely: what is going on in this image?
+
+decoding greedily (the argmax token each step) for at most 64 new tokens, or until the end of its turn;
+the description (special tokens dropped, whitespace stripped) is the candidate, and ``"The image contains
+{prompt}"`` the reference, of BERTScore (Zhang et al. 2020) by the ``bert-score`` package on
+``--bert-model`` (default microsoft/deberta-xlarge-mnli, layer 40, as DDPO) at ``--bert-layer``: no idf
+weighting, no baseline rescaling. The score is the **recall**: the mean over the reference's tokens of
+their best cosine similarity to a token of the description (both sentences with [CLS] and [SEP], which
+take part in the matching but weigh 0). An empty description scores 0 (bert-score's rule). Every pair is
+scored on its own (unpadded): bert-score's batched matching gives padding a similarity of 0, which beats
+a token whose similarities are all negative, so a score would depend on its batch. See docs/math.md.
+
 Models load with ``AutoProcessor`` / ``AutoModelForImageTextToText.from_pretrained(--model, revision=...,
 dtype=...)`` (transformers 5 spells it ``dtype``; 4.x ``torch_dtype``). ``--template`` replaces the
 question; ``{prompt}`` marks where the sample's prompt goes. The template is recorded in every label.
@@ -46,7 +62,13 @@ PAIRWISE_TEMPLATE = (
     "The first image is image 1 and the second image is image 2. "
     'Which image matches "{prompt}" better? Answer 1 or 2.'
 )
-METHODS = ("vqascore", "pairwise")
+METHODS = ("vqascore", "pairwise", "bertscore")
+
+#: DDPO's llava_bertscore: the question, the BERTScore reference, the description's length and BERT model.
+DESCRIBE_QUESTION = "Answer concisely: what is going on in this image?"
+BERTSCORE_REFERENCE = "The image contains {prompt}"
+DESCRIPTION_MAX_TOKENS = 64
+DEFAULT_BERT_MODEL = "microsoft/deberta-xlarge-mnli"
 
 #: Spellings of the answer whose single-token forms (with and without a leading space) are summed.
 YES_WORDS = ("Yes", "yes")
@@ -65,14 +87,16 @@ def make_llava_judge(options):
         raise PrefkitError(f"--method {method!r}: the llava judge has methods {', '.join(METHODS)}")
     if method == "vqascore":
         return VQAScoreJudge(options)
+    if method == "bertscore":
+        return BERTScoreJudge(options)
     return PairwiseJudge(options)
 
 
 # -- helpers --------------------------------------------------------------------------------------------
 
 
-def _check_template(template: str) -> str:
-    if "{prompt}" not in template:
+def _check_template(template: str, needs_prompt: bool = True) -> str:
+    if needs_prompt and "{prompt}" not in template:
         raise PrefkitError(
             f"--template {template!r}: put {{prompt}} where the sample's prompt goes, e.g. {VQA_TEMPLATE!r}"
         )
@@ -123,12 +147,13 @@ class _LlavaJudge:
     method = ""
     default_template = ""
     default_model = DEFAULT_MODEL
+    template_needs_prompt = True
 
     def __init__(self, options) -> None:
         self.model_id = options.model or self.default_model
         self.processor_id = options.processor or self.model_id
         self.revision = options.revision
-        self.template = _check_template(options.template or self.default_template)
+        self.template = _check_template(options.template or self.default_template, self.template_needs_prompt)
         self.device = torch_device(options.device)
         self.dtype = torch_dtype(options.dtype)
         self.batch_size = max(1, int(options.batch_size))
@@ -214,8 +239,8 @@ class _LlavaJudge:
         conversation = [{"role": "user", "content": content}]
         return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
 
-    def first_token_probs(self, texts: list[str], images: list) -> Any:
-        """(len(texts), vocab) float32 probabilities of the first answer token, one forward pass.
+    def inputs(self, texts: list[str], images: list) -> dict[str, Any]:
+        """The processor's left-padded batch on the judge's device (floats in the judge's dtype).
 
         ``images``: one PIL image per text, or a list of images per text (several images per prompt).
         """
@@ -227,12 +252,21 @@ class _LlavaJudge:
             raise PrefkitError(
                 f"the processor of {self.model_id!r} cannot take these inputs ({type(exc).__name__}: {exc})"
             ) from exc
-        inputs = {
+        return {
             k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
             if isinstance(v, torch.Tensor)
             else v
             for k, v in inputs.items()
         }
+
+    def first_token_probs(self, texts: list[str], images: list) -> Any:
+        """(len(texts), vocab) float32 probabilities of the first answer token, one forward pass.
+
+        ``images``: one PIL image per text, or a list of images per text (several images per prompt).
+        """
+        import torch
+
+        inputs = self.inputs(texts, images)
         with torch.no_grad():
             if self.model_type in _PLAIN_ROPE_TYPES:
                 mask = inputs["attention_mask"]
@@ -391,3 +425,152 @@ class PairwiseJudge(_LlavaJudge):
                 }
             )
         return out
+
+
+# -- DDPO's description + BERTScore ---------------------------------------------------------------------
+
+
+def _bertscore_package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bert-score")
+    except PackageNotFoundError:  # pragma: no cover - imported from a source tree
+        return "unknown"
+
+
+class BERTScoreJudge(_LlavaJudge):
+    """DDPO's prompt-alignment reward: BERTScore recall of "The image contains {prompt}" against the
+    model's greedy description of the image. One image per prompt."""
+
+    method = "bertscore"
+    default_template = DESCRIBE_QUESTION
+    default_model = DEFAULT_MODEL
+    template_needs_prompt = False  # DDPO's question names no prompt; a {prompt} in --template is filled in
+
+    def __init__(self, options) -> None:
+        self.bert_model = options.bert_model or DEFAULT_BERT_MODEL
+        self.bert_layer = options.bert_layer
+        self.max_new_tokens = DESCRIPTION_MAX_TOKENS
+        self.last_details: list[dict[str, Any]] = []
+        self._check_bert_options()  # before the LLaVA model loads: a bad option fails fast
+        super().__init__(options)
+
+    def _load(self) -> None:
+        super()._load()
+        self._load_bertscore()
+
+    def _bert_hint(self) -> str:
+        return (
+            "Pass --bert-model with a local folder (a BERT-like encoder and its tokenizer, save_pretrained "
+            f"output) or a hub id that is downloaded or in the local cache (default {DEFAULT_BERT_MODEL}), "
+            "and --bert-layer N for a model bert-score has no tuned layer for."
+        )
+
+    def _check_bert_options(self) -> None:
+        """The bert-score package is there, --bert-model names a folder that exists (or a hub id), and
+        the layer is known: --bert-layer, else bert-score's tuned layer for the model."""
+        try:
+            from bert_score.utils import model2layers
+        except ImportError as exc:
+            raise PrefkitError(
+                "--method bertscore needs the bert-score package: pip install 'prefkit[bertscore]' "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+        name = self.bert_model
+        if _looks_local(name) and not Path(name).expanduser().is_dir():
+            raise PrefkitError(f"--bert-model {name!r}: no such folder. {self._bert_hint()}")
+        layer = self.bert_layer if self.bert_layer is not None else model2layers.get(name)
+        if layer is None:
+            raise PrefkitError(
+                f"--bert-model {name!r}: bert-score has no tuned layer for it; give --bert-layer N "
+                "(the hidden state after N encoder layers; 0 is the embeddings)"
+            )
+        if int(layer) < 0:
+            raise PrefkitError(f"--bert-layer {layer}: give 0 (the embeddings) or more layers")
+        self.bert_layer = int(layer)
+
+    def _load_bertscore(self) -> None:
+        import transformers.utils.logging as t_log
+        from bert_score import BERTScorer
+
+        name, layer = self.bert_model, self.bert_layer
+        bars = t_log.is_progress_bar_enabled()
+        t_log.disable_progress_bar()
+        try:
+            # DDPO's server: BERTScorer(model, use_fast_tokenizer=True); no idf, no baseline rescaling
+            self.bert = BERTScorer(
+                model_type=name,
+                num_layers=layer,
+                use_fast_tokenizer=True,
+                device=str(self.device),
+                idf=False,
+                rescale_with_baseline=False,
+            )
+        except Exception as exc:  # OSError (not found / offline), AssertionError (layer out of range)...
+            raise PrefkitError(
+                f"--bert-model {name!r} (layer {layer}): cannot load it for BERTScore: "
+                f"{type(exc).__name__}: {exc}\n{self._bert_hint()}"
+            ) from exc
+        finally:
+            if bars:
+                t_log.enable_progress_bar()
+
+    def info(self) -> dict[str, Any]:
+        return {
+            **self._base_info(),
+            "reference": BERTSCORE_REFERENCE,
+            "decoding": "greedy",
+            "max_new_tokens": self.max_new_tokens,
+            "bertscore": {
+                "model": self.bert_model,
+                "layer": self.bert_layer,
+                "value": "recall",
+                "idf": False,
+                "rescale_with_baseline": False,
+                "package": f"bert-score {_bertscore_package_version()}",
+            },
+        }
+
+    def describe(self, images: Sequence[Any], prompts: Sequence[str]) -> list[str]:
+        """The model's greedy description of each image (special tokens dropped, whitespace stripped)."""
+        import torch
+
+        images = rgb_images(images)
+        texts = [self.render(self.question(p), 1) for p in prompts]
+        out: list[str] = []
+        for start in range(0, len(texts), self.batch_size):
+            part = slice(start, start + self.batch_size)
+            inputs = self.inputs(texts[part], images[part])
+            with torch.no_grad():
+                ids = self.model.generate(
+                    **inputs,
+                    do_sample=False,
+                    num_beams=1,
+                    max_new_tokens=self.max_new_tokens,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
+            new = ids[:, inputs["input_ids"].shape[1] :]
+            out += [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        return out
+
+    def bertscore(self, descriptions: Sequence[str], prompts: Sequence[str]) -> list[dict[str, float]]:
+        """BERTScore precision, recall and F1 of each description (the candidate) against "The image
+        contains {prompt}" (the reference), each pair scored on its own; an empty description scores 0."""
+        refs = [BERTSCORE_REFERENCE.replace("{prompt}", p) for p in prompts]
+        out = [{"precision": 0.0, "recall": 0.0, "f1": 0.0} for _ in descriptions]
+        todo = [i for i, d in enumerate(descriptions) if d.strip()]
+        if todo:
+            # batch_size 1: one sentence per forward pass and one pair per matching, nothing padded
+            p, r, f = self.bert.score([descriptions[i] for i in todo], [refs[i] for i in todo], batch_size=1)
+            for j, i in enumerate(todo):
+                out[i] = {"precision": float(p[j]), "recall": float(r[j]), "f1": float(f[j])}
+        return out
+
+    def score(self, images: Sequence[Any], prompts: Sequence[str]) -> list[float]:
+        if len(images) != len(prompts):
+            raise PrefkitError(f"{len(images)} images but {len(prompts)} prompts: give one prompt per image")
+        descriptions = self.describe(images, prompts)
+        values = self.bertscore(descriptions, prompts)
+        self.last_details = [{"description": d, **v} for d, v in zip(descriptions, values, strict=True)]
+        return [v["recall"] for v in values]

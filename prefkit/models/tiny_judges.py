@@ -1,4 +1,5 @@
-"""Tiny, randomly initialised vision-language judge models built entirely in code (no downloads).
+"""Tiny, randomly initialised judge models built entirely in code (no downloads): vision-language
+models and a text encoder.
 
 * ``build_tiny_llava``: a ``LlavaForConditionalGeneration`` laid out like llava-hf/llava-1.5-7b-hf (CLIP
   vision tower with a CLS token, ``vision_feature_select_strategy="default"``, a Llama text model, the
@@ -7,7 +8,12 @@
   llava-hf/llava-interleave-qwen-0.5b-hf (SigLIP vision tower without CLS, ``"full"`` features, a Qwen2
   text model, the ``<|im_start|>user <image><image>\\n...<|im_end|>`` template), for the pairwise method.
 
-Both are saved with ``save_pretrained`` (model + ``LlavaProcessor``) and load back with the ordinary
+* ``build_tiny_deberta``: a ``DebertaModel`` laid out like microsoft/deberta-xlarge-mnli (DeBERTa v1:
+  relative attention, content-to-position and position-to-content, no absolute positions; a byte-level BPE
+  ``DebertaTokenizer`` adding ``[CLS]`` ... ``[SEP]``), 3 layers, for the BERTScore of
+  ``--source llava --method bertscore`` (``--bert-model FOLDER --bert-layer N``).
+
+The LLaVA models are saved with ``save_pretrained`` (model + ``LlavaProcessor``) and load back with the ordinary
 ``AutoProcessor.from_pretrained(path)`` / ``AutoModelForImageTextToText.from_pretrained(path)``. Images are
 resized and cropped to 32 x 32 px: 16 image tokens each (4 x 4 patches of 8 px).
 
@@ -41,6 +47,7 @@ __all__ = [
     "JUDGE_MODELS",
     "LLAVA15_CHAT_TEMPLATE",
     "QWEN_CHAT_TEMPLATE",
+    "build_tiny_deberta",
     "build_tiny_llava",
     "build_tiny_llava_interleave",
 ]
@@ -78,12 +85,15 @@ _JUDGE_WORDS = (
     "description user assistant system"
 ).split()
 
+# Words of DDPO's BERTScore reference ("The image contains {prompt}") and question, for the tiny DeBERTa.
+_TEXT_ENCODER_WORDS = "the image contains answer concisely what is going on in this".split()
+
 #: Strings that must encode to exactly one token (checked when building).
 SINGLE_TOKENS = ("Yes", " Yes", "yes", " yes", "No", " No", "no", " no", "1", "2")
 
 
-def _corpus() -> list[str]:
-    words = list(dict.fromkeys([*PROMPT_WORDS, *_JUDGE_WORDS]))
+def _corpus(words: tuple[str, ...] | None = None) -> list[str]:
+    words = list(dict.fromkeys(words or [*PROMPT_WORDS, *_JUDGE_WORDS]))
     lines = []
     for w in words:
         for v in dict.fromkeys((w, w.capitalize(), w.upper())):
@@ -92,10 +102,9 @@ def _corpus() -> list[str]:
     return lines * 2  # every word twice: all merges reach min_frequency
 
 
-def _tokenizer(specials: list[str], *, bos: str | None, eos: str, pad: str, extra: dict[str, str]):
-    """A byte-level BPE (GPT-2 style) trained on ``_corpus()``, wrapped for transformers."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+def _train_bpe(specials: list[str], corpus: list[str]):
+    """A byte-level BPE (GPT-2 style) ``tokenizers.Tokenizer`` trained on ``corpus``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -107,7 +116,16 @@ def _tokenizer(specials: list[str], *, bos: str | None, eos: str, pad: str, extr
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer)
+    tok.train_from_iterator(corpus, trainer)
+    return tok
+
+
+def _tokenizer(specials: list[str], *, bos: str | None, eos: str, pad: str, extra: dict[str, str]):
+    """A byte-level BPE (GPT-2 style) trained on ``_corpus()``, wrapped for transformers."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _train_bpe(specials, _corpus())
     if bos is not None:  # like Llama: the tokenizer adds BOS, the chat template does not
         bos_id = tok.token_to_id(bos)
         tok.post_processor = processors.TemplateProcessing(
@@ -245,6 +263,40 @@ def _make_llava_interleave(seed: int) -> _ModelAndProcessor:
     return _ModelAndProcessor(model, processor)
 
 
+class _TextEncoder(_ModelAndProcessor):
+    """A text encoder and its tokenizer (the processor slot), saved into one folder."""
+
+
+def _make_deberta(seed: int) -> _TextEncoder:
+    import json
+
+    from transformers import DebertaConfig, DebertaModel, DebertaTokenizer
+
+    specials = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]  # DebertaTokenizer's default ids 0-4
+    words = (*PROMPT_WORDS, *_JUDGE_WORDS, *_TEXT_ENCODER_WORDS)
+    bpe = json.loads(_train_bpe(specials, _corpus(words)).to_str())["model"]
+    tokenizer = DebertaTokenizer(
+        vocab=bpe["vocab"],
+        merges=[tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in bpe["merges"]],
+        model_max_length=_MAX_LENGTH,
+    )
+    config = DebertaConfig(  # microsoft/deberta-xlarge-mnli's attention, at a tiny size
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=_MAX_LENGTH,
+        relative_attention=True,
+        pos_att_type=["c2p", "p2c"],
+        position_biased_input=False,
+        max_relative_positions=-1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    seed_component(seed, 0)
+    return _TextEncoder(DebertaModel(config).eval(), tokenizer)
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Silence transformers' logs and progress bars while building (diffusers is not imported: ~3 s)."""
@@ -276,9 +328,15 @@ def build_tiny_llava_interleave(path: str | os.PathLike, seed: int = 0) -> str:
     return _build(_make_llava_interleave, path, seed)
 
 
+def build_tiny_deberta(path: str | os.PathLike, seed: int = 0) -> str:
+    """Build a tiny DeBERTa text encoder (BERTScore's embeddings; 3 layers) into ``path``."""
+    return _build(_make_deberta, path, seed)
+
+
 JUDGE_MODELS: dict[str, Callable[..., str]] = {
     "tiny-llava": build_tiny_llava,
     "tiny-llava-interleave": build_tiny_llava_interleave,
+    "tiny-deberta": build_tiny_deberta,
 }
 
 
