@@ -84,7 +84,7 @@ def test_skipped_figure_is_reported_with_its_reason(capsys):
 
 @pytest.mark.slow
 def test_gpu_bench_dry_run_writes_every_figure_with_its_environment(cli, tmp_path):
-    """`prefkit bench gpu --dry-run`: the GPU run's code path on the CPU (tiny models of both families,
+    """`prefkit bench gpu --dry-run`: the GPU run's code path on the CPU (tiny models of the same families,
     bfloat16, 1 repeat), so the command documented for a GPU machine cannot rot."""
     from prefkit.bench import DRY_PLAN, GPU_PLAN
 
@@ -94,8 +94,13 @@ def test_gpu_bench_dry_run_writes_every_figure_with_its_environment(cli, tmp_pat
     report = json.loads(out.read_text())
     env = report["environment"]
     assert report["dry_run"] is True and env["device"] == "cpu" and env["torch"] and env["device_name"]
-    assert [r["model"] for r in report["runs"]] == [p["model"] for p in DRY_PLAN] == ["tiny-sd15", "tiny-sd3"]
-    assert [p["model"] for p in GPU_PLAN] == ["sd15-random", "sd3-medium-random"]  # the same two families
+    assert (
+        [r["model"] for r in report["runs"]]
+        == [p["model"] for p in DRY_PLAN]
+        == ["tiny-sd15", "tiny-sd3", "tiny-sdxl"]
+    )
+    # the same three families
+    assert [p["model"] for p in GPU_PLAN] == ["sd15-random", "sd3-medium-random", "sdxl-random"]
     for run in report["runs"]:
         assert run["dtype"] == "bfloat16"
         figures = run["figures"]
