@@ -20,7 +20,8 @@ The models are meant for tests and demos: weights are random, so images are nois
 path (tokenizers, encoders, schedulers, VAE decode, LoRA) is the real one.
 
 The same registry also names real-size random-weight models for benchmarks, ``sd15-random``,
-``sd3-medium-random``, ``sdxl-random`` and ``qwen-image-random`` (:mod:`prefkit.models.real_size`;
+``sd3-medium-random``, ``sdxl-random``, ``qwen-image-random`` and ``z-image-turbo-random``
+(:mod:`prefkit.models.real_size`;
 GB-sized, built into the cache on first use).
 
 Heavy libraries (torch, diffusers, transformers) are imported inside functions only.
@@ -269,6 +270,7 @@ BUILTIN_MODELS: dict[str, Callable[..., str]] = {
     "sd3-medium-random": _real_size("sd3-medium-random"),
     "sdxl-random": _real_size("sdxl-random"),
     "qwen-image-random": _real_size("qwen-image-random"),
+    "z-image-turbo-random": _real_size("z-image-turbo-random"),
 }
 
 _MAKERS: dict[str, Callable[[int], Any]] = {
