@@ -86,6 +86,33 @@ def test_tiny_z_image_loads_with_the_stock_loader(zimage):
     assert fam.default_size() == (256, 256)  # 128 latent pixels, as the pipeline's 1024 px with a VAE x8
 
 
+def test_build_is_deterministic(zimage, tmp_path):
+    """The same seed writes the same weights, byte for byte; another seed other weights."""
+    from prefkit.models.tiny import BUILTIN_MODELS
+
+    def weights(folder) -> dict[str, bytes]:
+        return {
+            str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*.safetensors"))
+        }
+
+    first = weights(zimage)
+    assert len(first) == 3  # text encoder, transformer, VAE
+    assert weights(BUILTIN_MODELS["tiny-z-image"](tmp_path / "again", seed=0)) == first
+    assert weights(BUILTIN_MODELS["tiny-z-image"](tmp_path / "other", seed=1)) != first
+
+
+def test_z_image_img2img_is_refused_with_the_supported_list(zimage):
+    """Only the text-to-image pipeline is a family: Z-Image's img2img pipeline, made of the same parts,
+    gets the error that lists the supported pipeline classes."""
+    from diffusers import ZImageImg2ImgPipeline
+
+    from prefkit.errors import PrefkitError
+
+    img2img = ZImageImg2ImgPipeline(**load_pipeline(zimage).components)
+    with pytest.raises(PrefkitError, match="ZImageImg2ImgPipeline is not supported.*ZImagePipeline"):
+        family_of(img2img)
+
+
 @pytest.mark.parametrize("guidance", [4.0, 1.0], ids=["cfg", "no-cfg"])
 def test_noise0_equals_stock_z_image_pipeline(zimage, guidance):
     """Bit equality by construction: ZImagePipeline runs the conditional and unconditional halves as one
