@@ -88,8 +88,8 @@ class GenerateConfig:
         "tiny-shapes",
         "Diffusers pipeline: a local folder, a Hub id (OWNER/NAME), or a built-in model: tiny-shapes "
         "[default; trained to draw coloured shapes, SD3-style flow matching], or the random-weight tiny-sd3, "
-        "tiny-flux, tiny-sd15, tiny-sdxl, tiny-qwen-image (and sd15-random, sd3-medium-random, sdxl-random, "
-        "qwen-image-random for benchmarks).",
+        "tiny-flux, tiny-sd15, tiny-sdxl, tiny-qwen-image, tiny-z-image (and sd15-random, sd3-medium-random, "
+        "sdxl-random, qwen-image-random, z-image-turbo-random for benchmarks).",
         panel="Input",
     )
     revision: str | None = field(None, "Hub revision (branch, tag or commit) of --model.", panel="Input")

@@ -1,6 +1,6 @@
-"""Real-size random-weight models (sd15-random, sd3-medium-random, sdxl-random): their architectures are
-the published ones. Checked on the meta device (shapes only, nothing allocated), so the test is fast; nothing real-size
-is built or run here."""
+"""Real-size random-weight models (sd15-random, sd3-medium-random, sdxl-random, qwen-image-random,
+z-image-turbo-random): their architectures are the published ones. Checked on the meta device (shapes
+only, nothing allocated), so the test is fast; nothing real-size is built or run here."""
 
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ from prefkit.models import real_size, tiny  # noqa: E402
         ("sdxl-random", 2_567_463_684),
         # Qwen/Qwen-Image transformer/config.json (60 layers, 24 heads of 128, joint dim 3584): "20B"
         ("qwen-image-random", 20_430_401_088),
+        # Tongyi-MAI/Z-Image-Turbo transformer/config.json (30 layers + 2 noise- and 2 context-refiner
+        # layers, dim 3840, 30 heads, caption features 2560): "6B"; the count reported for its weights
+        ("z-image-turbo-random", 6_154_908_736),
     ],
 )
 def test_denoiser_parameter_count_is_the_published_one(name, published):
@@ -72,6 +75,22 @@ def test_qwen_image_parts_fit_together_on_the_meta_device():
     with torch.device("meta"):
         te = parts["text_encoder"]()
     assert te.config.text_config.hidden_size == 3584
+
+
+def test_z_image_parts_fit_together_on_the_meta_device():
+    """The reduced Qwen3's width is the transformer's caption width; the head dim is the RoPE axes' sum;
+    the VAE's channels are the transformer's input; model_index.json names ZImagePipeline."""
+    import torch
+
+    t = real_size.Z_IMAGE_TRANSFORMER
+    assert t["cap_feat_dim"] == real_size.QWEN3_TEXT_REDUCED["hidden_size"]
+    assert t["dim"] // t["n_heads"] == sum(t["axes_dims"]) == 128
+    assert t["in_channels"] == real_size.Z_IMAGE_VAE["latent_channels"] == 16
+    cls_name, parts = real_size._PARTS["z-image-turbo-random"]()
+    assert cls_name == "ZImagePipeline"
+    with torch.device("meta"):
+        te = parts["text_encoder"]()
+    assert te.config.hidden_size == 2560 and te.config.num_hidden_layers == 2
 
 
 def test_names_are_builtin_without_building():

@@ -14,10 +14,11 @@ sdxl        StableDiffusionXLPipeline          DDIMScheduler (eta > 0)   epsilon
 sd3         StableDiffusion3Pipeline           FlowMatchEuler + SDE       velocity
 flux        FluxPipeline                       FlowMatchEuler + SDE       velocity (packed 2x2 tokens)
 qwen-image  QwenImagePipeline                  FlowMatchEuler + SDE       velocity (packed 2x2 tokens)
+z-image     ZImagePipeline                     FlowMatchEuler + SDE       velocity (negated back)
 ==========  ================================  =========================  ==============================
 
 Latents are always handled UNPACKED, shape [B, C, h, w] in float32; FLUX and Qwen-Image pack them only
-to call their transformers. The log-prob math itself lives in :mod:`prefkit.math.logprob`.
+to call their transformers (Z-Image's takes a list of [C, 1, h, w] and patchifies them itself). The log-prob math itself lives in :mod:`prefkit.math.logprob`.
 """
 
 from __future__ import annotations

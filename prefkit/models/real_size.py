@@ -22,6 +22,12 @@ and written here as a fact, so nothing is fetched at run time.
   16/24/24) but has 1 layer instead of 28 and a 1-block vision tower (which the pipeline never calls);
   its tokenizer is prefkit's offline tiny Qwen2 BPE (:mod:`prefkit.models.tiny_qwen_image`), whose
   template prefix is 34 tokens as the real one's.
+* ``z-image-turbo-random``: ``ZImagePipeline`` at 1024 px. The single-stream DiT, the VAE (FLUX.1's) and
+  the scheduler are those of ``Tongyi-MAI/Z-Image-Turbo`` (transformer: 6,154,908,736 parameters, the
+  published "6B"). The Qwen3-4B text encoder keeps its width (2560, the transformer's ``cap_feat_dim``)
+  and attention layout (32 heads, 8 key/value heads of 128) but has 2 layers instead of 36 (the pipeline
+  reads the second-to-last hidden state: with 2 layers that is still a layer's output); its tokenizer is
+  prefkit's offline tiny Qwen2 BPE with Qwen3's chat template (:mod:`prefkit.models.tiny_z_image`).
 
 What is not the published model, and why it does not change what the bench measures:
 
@@ -37,14 +43,18 @@ What is not the published model, and why it does not change what the bench measu
 
 Cost (weights saved in bfloat16 safetensors, built once into the cache like ``tiny-sd15``):
 
-=================== ===================== ================ ======================= ====================
-model               denoiser parameters   folder on disk   peak RAM while building  build time (2 CPUs)
-=================== ===================== ================ ======================= ====================
-sd15-random         0.86 B (UNet)         2.0 GB           2.0 GiB                  33 s
-sd3-medium-random   2.03 B (transformer)  5.5 GB           4.5 GiB                  86 s
-sdxl-random         2.57 B (UNet)         6.7 GB (*)       not measured             not measured
-qwen-image-random   20.4 B (transformer)  ~42 GB (est.)    ~41 GiB (est.)           not measured
-=================== ===================== ================ ======================= ====================
+==================== ===================== ================ ======================= ====================
+model                denoiser parameters   folder on disk   peak RAM while building  build time (2 CPUs)
+==================== ===================== ================ ======================= ====================
+sd15-random          0.86 B (UNet)         2.0 GB           2.0 GiB                  33 s
+sd3-medium-random    2.03 B (transformer)  5.5 GB           4.5 GiB                  86 s
+sdxl-random          2.57 B (UNet)         6.7 GB (*)       not measured             not measured
+qwen-image-random    20.4 B (transformer)  ~42 GB (est.)    ~41 GiB (est.)           not measured
+z-image-turbo-random 6.15 B (transformer)  ~12.9 GB (est.)  ~11.5 GiB (est.)         not measured
+==================== ===================== ================ ======================= ====================
+
+z-image-turbo-random has not been built here either: 6.44 B parameters in all (transformer 6.155 B, the
+2-layer text encoder 0.204 B, VAE 0.084 B, counted on the meta device) x 2 bytes in bfloat16.
 
 (*) sdxl-random has not been built here: 3.37 B parameters in all (UNet 2.567 B, bigG text 0.632 B with the
 tiny vocabulary, CLIP-L text 0.086 B, VAE 0.084 B, counted on the meta device) x 2 bytes in bfloat16.
@@ -71,6 +81,7 @@ __all__ = [
     "build_sd3_medium_random",
     "build_sd15_random",
     "build_sdxl_random",
+    "build_z_image_turbo_random",
     "denoiser_parameters",
 ]
 
@@ -278,12 +289,14 @@ SDXL_SCHEDULER: dict[str, Any] = {
 #: Published parameter counts of the denoisers (what ``denoiser_parameters`` must reproduce):
 #: SD-1.5's UNet 859,520,964 ("860M" in the model card); SD3-medium's MMDiT 2,028,328,000 ("2B"); SDXL
 #: base 1.0's UNet 2,567,463,684 (the SDXL paper's "2.6B"; the count its unet/config.json yields);
-#: Qwen-Image's MMDiT 20,430,401,088 (the "20B" of the model card), from QWEN_IMAGE_TRANSFORMER.
+#: Qwen-Image's MMDiT 20,430,401,088 (the "20B" of the model card), from QWEN_IMAGE_TRANSFORMER;
+#: Z-Image-Turbo's S3-DiT 6,154,908,736 (the "6B" of the model card), from Z_IMAGE_TRANSFORMER.
 PUBLISHED_DENOISER_PARAMETERS: dict[str, int] = {
     "sd15-random": 859_520_964,
     "sd3-medium-random": 2_028_328_000,
     "sdxl-random": 2_567_463_684,
     "qwen-image-random": 20_430_401_088,
+    "z-image-turbo-random": 6_154_908_736,
 }
 
 # -- Qwen-Image: Qwen/Qwen-Image ----------------------------------------------------------------------
@@ -333,6 +346,66 @@ QWEN_VL_TEXT_REDUCED: dict[str, Any] = {
     "max_position_embeddings": 128000,
     "rms_norm_eps": 1e-06,
     "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+}
+
+# -- Z-Image-Turbo: Tongyi-MAI/Z-Image-Turbo -----------------------------------------------------------
+# Not fetched here (no network): each config below was read in several public repositories that copy
+# the published files, which agree key for key (the transformer's quoted as "From https://huggingface.co/
+# Tongyi-MAI/Z-Image-Turbo/blob/main/transformer/config.json"); the transformer's parameter count they
+# report from the published weights (453 tensors, 6,154,908,736 parameters) is the one this config
+# yields on the meta device.
+
+#: transformer/config.json of Tongyi-MAI/Z-Image-Turbo (ZImageTransformer2DModel).
+Z_IMAGE_TRANSFORMER: dict[str, Any] = {
+    "all_f_patch_size": [1],
+    "all_patch_size": [2],
+    "axes_dims": [32, 48, 48],
+    "axes_lens": [1536, 512, 512],
+    "cap_feat_dim": 2560,
+    "dim": 3840,
+    "in_channels": 16,
+    "n_heads": 30,
+    "n_kv_heads": 30,
+    "n_layers": 30,
+    "n_refiner_layers": 2,
+    "norm_eps": 1e-05,
+    "qk_norm": True,
+    "rope_theta": 256.0,
+    "t_scale": 1000.0,
+}
+#: vae/config.json of Tongyi-MAI/Z-Image-Turbo (AutoencoderKL: FLUX.1's VAE, 16 channels, x8).
+Z_IMAGE_VAE: dict[str, Any] = {
+    "act_fn": "silu",
+    "block_out_channels": (128, 256, 512, 512),
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "force_upcast": True,
+    "in_channels": 3,
+    "latent_channels": 16,
+    "layers_per_block": 2,
+    "mid_block_add_attention": True,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 1024,
+    "scaling_factor": 0.3611,
+    "shift_factor": 0.1159,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "use_post_quant_conv": False,
+    "use_quant_conv": False,
+}
+#: scheduler/scheduler_config.json of Tongyi-MAI/Z-Image-Turbo (a static shift: no dynamic shifting).
+Z_IMAGE_SCHEDULER: dict[str, Any] = {"num_train_timesteps": 1000, "use_dynamic_shifting": False, "shift": 3.0}
+#: text_encoder/config.json of Tongyi-MAI/Z-Image-Turbo (Qwen3-4B), reduced to 2 layers (module docstring).
+QWEN3_TEXT_REDUCED: dict[str, Any] = {
+    "hidden_size": 2560,
+    "intermediate_size": 9728,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "max_position_embeddings": 40960,
+    "rms_norm_eps": 1e-06,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+    "tie_word_embeddings": True,
 }
 
 _SAVE_DTYPE = "bfloat16"
@@ -459,17 +532,47 @@ def _qwen_image_parts() -> tuple[str, dict[str, Callable[[], Any]]]:
     }
 
 
+def _qwen3_text_encoder(tokenizer):
+    from transformers import Qwen3Config, Qwen3Model
+
+    cfg = Qwen3Config(
+        **QWEN3_TEXT_REDUCED,
+        vocab_size=len(tokenizer),
+        bos_token_id=None,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return Qwen3Model(cfg)
+
+
+def _z_image_parts() -> tuple[str, dict[str, Callable[[], Any]]]:
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
+
+    from prefkit.models.tiny_z_image import qwen3_tokenizer
+
+    tok = qwen3_tokenizer()
+    return "ZImagePipeline", {
+        "text_encoder": lambda: _qwen3_text_encoder(tok),
+        "transformer": lambda: ZImageTransformer2DModel(**Z_IMAGE_TRANSFORMER),
+        "vae": lambda: AutoencoderKL(**Z_IMAGE_VAE),
+        "tokenizer": lambda: tok,
+        "scheduler": lambda: FlowMatchEulerDiscreteScheduler(**Z_IMAGE_SCHEDULER),
+    }
+
+
 _PARTS: dict[str, Callable[[], tuple[str, dict[str, Callable[[], Any]]]]] = {
     "sd15-random": _sd15_parts,
     "sd3-medium-random": _sd3_parts,
     "sdxl-random": _sdxl_parts,
     "qwen-image-random": _qwen_image_parts,
+    "z-image-turbo-random": _z_image_parts,
 }
 _DENOISER = {
     "sd15-random": "unet",
     "sd3-medium-random": "transformer",
     "sdxl-random": "unet",
     "qwen-image-random": "transformer",
+    "z-image-turbo-random": "transformer",
 }
 #: Constructor arguments of the pipeline class that are no component (model_index.json settings).
 _PIPELINE_EXTRA: dict[str, dict[str, Any]] = {
@@ -547,3 +650,4 @@ build_sd15_random = _builder("sd15-random")
 build_sd3_medium_random = _builder("sd3-medium-random")
 build_sdxl_random = _builder("sdxl-random")
 build_qwen_image_random = _builder("qwen-image-random")
+build_z_image_turbo_random = _builder("z-image-turbo-random")

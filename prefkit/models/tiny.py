@@ -10,6 +10,8 @@ Four families are provided, each saved as an ordinary diffusers folder that load
   DDIM as SDXL; built in :mod:`prefkit.models.tiny_sdxl`).
 * ``tiny-qwen-image``: ``QwenImagePipeline`` (Qwen-Image MMDiT + tiny Qwen2.5-VL + video VAE;
   :mod:`prefkit.models.tiny_qwen_image`; pass ``height=32, width=32`` as for FLUX).
+* ``tiny-z-image``: ``ZImagePipeline`` (Z-Image single-stream DiT + tiny Qwen3 + FLUX-style VAE;
+  :mod:`prefkit.models.tiny_z_image`; pass ``height=32, width=32``).
 
 SD-1.5, SD3 and SDXL default to 32x32 px images (16x16 latents, VAE downscale 2). FLUX has no configurable
 default size (the pipeline hard-codes 128 x vae_scale_factor = 256 px), so pass ``height=32, width=32``.
@@ -18,7 +20,8 @@ The models are meant for tests and demos: weights are random, so images are nois
 path (tokenizers, encoders, schedulers, VAE decode, LoRA) is the real one.
 
 The same registry also names real-size random-weight models for benchmarks, ``sd15-random``,
-``sd3-medium-random``, ``sdxl-random`` and ``qwen-image-random`` (:mod:`prefkit.models.real_size`;
+``sd3-medium-random``, ``sdxl-random``, ``qwen-image-random`` and ``z-image-turbo-random``
+(:mod:`prefkit.models.real_size`;
 GB-sized, built into the cache on first use).
 
 Heavy libraries (torch, diffusers, transformers) are imported inside functions only.
@@ -59,6 +62,7 @@ from prefkit.models.parts import (
 )
 from prefkit.models.tiny_qwen_image import build_tiny_qwen_image, make_qwen_image
 from prefkit.models.tiny_sdxl import build_tiny_sdxl, make_sdxl
+from prefkit.models.tiny_z_image import build_tiny_z_image, make_z_image
 
 #: Bumped whenever a builder's output changes, so stale cache folders are not reused.
 CACHE_VERSION = "v1"
@@ -260,11 +264,13 @@ BUILTIN_MODELS: dict[str, Callable[..., str]] = {
     "tiny-flux": build_tiny_flux,
     "tiny-sdxl": build_tiny_sdxl,
     "tiny-qwen-image": build_tiny_qwen_image,
+    "tiny-z-image": build_tiny_z_image,
     # real size, random weights, for benchmarks (GB-sized folders, built on first use)
     "sd15-random": _real_size("sd15-random"),
     "sd3-medium-random": _real_size("sd3-medium-random"),
     "sdxl-random": _real_size("sdxl-random"),
     "qwen-image-random": _real_size("qwen-image-random"),
+    "z-image-turbo-random": _real_size("z-image-turbo-random"),
 }
 
 _MAKERS: dict[str, Callable[[int], Any]] = {
@@ -273,6 +279,7 @@ _MAKERS: dict[str, Callable[[int], Any]] = {
     "tiny-flux": make_flux,
     "tiny-sdxl": make_sdxl,
     "tiny-qwen-image": make_qwen_image,
+    "tiny-z-image": make_z_image,
 }
 
 _COMMITTED = ("tiny-sd3",)
