@@ -192,7 +192,7 @@ def _losses(out: Path) -> list[float]:
     return [json.loads(ln)["loss"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("objective", ["d3po", "dense", "ddpo"])
+@pytest.mark.parametrize("objective", ["d3po", "dense", "ddpo", "tdpo"])
 def test_trajectory_objectives_train(qwen_data, tmp_path, objective):
     """Two optimizer steps on stored padded embeddings (no text encoder): finite losses, a moved LoRA."""
     from prefkit.training.config import TrainConfig
