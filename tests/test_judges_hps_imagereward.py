@@ -152,6 +152,23 @@ def test_hps_matches_openclip_by_hand(tiny):
     assert info["weights_sha256"] == digest
 
 
+def test_hps_prompts_are_cleaned_and_tokenised_as_openclip_does(tiny):
+    """OpenCLIP's basic_clean (ftfy, or its quote / ligature / width fixes without it; HTML unescaped
+    twice; whitespace collapsed), and a literal "<|endoftext|>" read as text, not as the end token."""
+    from prefkit.judges.hps import openclip_clean
+
+    assert openclip_clean("  Tom &amp;amp; Jerry\n\t ok ") == "Tom & Jerry ok"
+    assert openclip_clean("\u201ca cat\u2019s hat\u201d") == '"a cat\'s hat"'
+    assert openclip_clean("\ufb01ne \uff21\uff22") == "fine AB"
+    folder = tiny["hps"]
+    judge = make_judge(JudgeOptions("hps", model=folder, processor=folder))
+    image = _images()[:1]
+    plain = judge.score(image, ["a cat"])[0]
+    assert judge.score(image, ["  A   CAT "]) == [plain]  # lower case, whitespace collapsed
+    # were the literal string the end token, the feature would be read at the same position as for "a cat"
+    assert judge.score(image, ["a cat <|endoftext|>"])[0] != pytest.approx(plain, abs=1e-4)
+
+
 def test_hps_preprocessing_resizes_the_longest_side_and_pads_black():
     """HPSv2's ResizeMaxSize: a 64 x 32 image (w x h) halves to 32 x 16 and gets 8 black rows above and
     below; the left and right halves keep their colours away from the seam (bicubic weights sum to 1)."""

@@ -11,8 +11,11 @@ same code):
 * ``score = diagonal(image_features @ text_features.T)`` where ``CLIP.forward`` returns both feature sets
   L2-normalised (``encode_image(image, normalize=True)``): the cosine of image and prompt, with **no**
   logit scale (unlike PickScore);
-* the prompt goes through OpenCLIP's ``tokenize`` (the CLIP BPE, ``<start_of_text>`` ... ``<end_of_text>``,
-  zero-padded to 77 tokens); the text feature is taken at the end-of-text token;
+* the prompt goes through OpenCLIP's ``tokenize`` (``tokenizer.py``: ``basic_clean`` = ``ftfy.fix_text`` and
+  ``html.unescape`` twice, whitespace collapsed, lower case, the CLIP BPE, ``<start_of_text>`` ...
+  ``<end_of_text>``, zero-padded to 77 tokens, truncated with ``<end_of_text>`` kept last; a literal
+  ``<|endoftext|>`` in a prompt is text, not the special token); the text feature is taken at the
+  end-of-text token;
 * the image goes through ``preprocess_val`` = ``image_transform(224, is_train=False,
   resize_longest_max=True)`` (``hpsv2/src/open_clip/transform.py``): ``ToTensor()``, then
   ``ResizeMaxSize(224)``: the longest side scaled to 224 with torchvision's bicubic tensor resize (which
@@ -28,6 +31,11 @@ a ``Linear``) and loaded into a ``CLIPModel`` built from the CLIP config of ``--
 ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``, whose tokenizer is the same CLIP BPE). Only that repository's
 ``config.json`` and tokenizer files are read, not its weights. The preprocessing above is done in torch.
 
+The prompt is cleaned as ``basic_clean`` does before transformers' tokenizer sees it (:func:`openclip_clean`):
+with ftfy installed exactly so; without it (ftfy is not a prefkit dependency) curly quotes are uncurled,
+Latin ligatures and full-width characters replaced (NFKC) and the text NFC-normalised, which is what ftfy
+changes in ordinary prompts; its repair of mojibake (UTF-8 read as Latin-1) is left out.
+
 Two deliberate differences, both where hpsv2 itself would fail: images are converted to RGB first (hpsv2
 keeps RGBA, a 4-channel tensor its ViT cannot take), and an image whose longest side is already 224 px is
 still padded to a square (hpsv2 leaves it unpadded, which its ViT cannot take either).
@@ -35,7 +43,9 @@ still padded to a square (hpsv2 leaves it unpadded, which its ViT cannot take ei
 
 from __future__ import annotations
 
+import html
 import re
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -117,6 +127,27 @@ def openclip_to_hf(state: dict[str, Any]) -> dict[str, Any]:
             f"the checkpoint is not an OpenCLIP ViT CLIP state dict (as HPSv2's): unexpected keys {shown}"
         )
     return out
+
+
+#: ftfy's ``uncurl_quotes``: U+02BC and U+2018-U+201B become ', U+201C-U+201F become ".
+_QUOTES = {0x02BC: "'", **{c: "'" for c in range(0x2018, 0x201C)}, **{c: '"' for c in range(0x201C, 0x2020)}}
+#: ftfy's ``fix_latin_ligatures`` (U+FB00-U+FB06) and ``fix_character_width`` (U+3000, U+FF01-U+FFEE): NFKC.
+_COMPAT = re.compile("[\ufb00-\ufb06\u3000\uff01-\uffee]")
+
+
+def openclip_clean(text: str) -> str:
+    """OpenCLIP's ``whitespace_clean(basic_clean(text))``: ``ftfy.fix_text`` (or, without ftfy, its quote,
+    ligature and character-width fixes and NFC), HTML entities unescaped twice, runs of whitespace as one
+    space, stripped."""
+    try:
+        import ftfy
+    except ImportError:
+        text = _COMPAT.sub(lambda m: unicodedata.normalize("NFKC", m.group()), text.translate(_QUOTES))
+        text = unicodedata.normalize("NFC", text)
+    else:
+        text = ftfy.fix_text(text)
+    text = html.unescape(html.unescape(text)).strip()
+    return re.sub(r"\s+", " ", text).strip()
 
 
 def hps_pixels(images: Sequence[Any], size: int):
@@ -222,13 +253,15 @@ class HPSScorer:
         with torch.no_grad():
             for part in _batches(len(images), self.batch_size):
                 pixels = hps_pixels(images[part], self.image_size).to(self.device, self.dtype)
-                # OpenCLIP's tokenize: padded to the full context, truncated with end-of-text kept last; no
-                # attention mask (the causal mask already hides everything after end-of-text)
+                # OpenCLIP's tokenize: padded to the full context, truncated with end-of-text kept last,
+                # special-token strings in a prompt read as text; no attention mask (the causal mask already
+                # hides everything after end-of-text)
                 ids = self.tokenizer(
-                    list(prompts[part]),
+                    [openclip_clean(p) for p in prompts[part]],
                     padding="max_length",
                     truncation=True,
                     max_length=self.context_length,
+                    split_special_tokens=True,
                     return_tensors="pt",
                 )["input_ids"].to(self.device)
                 img = features(self.model.get_image_features(pixel_values=pixels)).float()

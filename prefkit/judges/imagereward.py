@@ -113,8 +113,9 @@ _MLP = "mlp."
 def split_checkpoint(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """ImageReward's state dict as (``BlipVisionModel`` state, ``BlipTextModel`` state, MLP ``layers.*``).
 
-    Keys the score never uses are left out: BLIP's ``vision_proj`` / ``text_proj`` (contrastive heads) and
-    the text embeddings' ``position_ids`` buffer.
+    Keys the score never uses are left out: BLIP's other parts (``vision_proj`` / ``text_proj``, the
+    contrastive heads; ImageReward itself loads with ``strict=False``) and the text embeddings'
+    ``position_ids`` buffer. A key inside the ViT that the mapping does not know is an error.
     """
     vit: dict[str, Any] = {}
     bert: dict[str, Any] = {}
@@ -137,7 +138,7 @@ def split_checkpoint(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
                 bert[rest] = value
         elif key.startswith(_MLP):
             mlp[key[len(_MLP) :]] = value
-        elif not key.startswith(("blip.vision_proj.", "blip.text_proj.")):
+        elif not key.startswith("blip."):  # other BLIP parts (vision_proj, text_proj) are not used
             unknown.append(key)
     if unknown or not (vit and bert and mlp):
         shown = ", ".join(unknown[:8]) + (" ..." if len(unknown) > 8 else "")
