@@ -131,7 +131,7 @@ _AGREEMENT = [
 )
 def label(args: Invocation) -> None:
     """Label pairs within prompt groups: import human labels (--source human --input FILE) or run a judge
-    (--source jpeg|aesthetic|pickscore|llava|python:module:function). `prefkit label stats DATASET` summarises;
+    (--source jpeg|aesthetic|pickscore|hps|imagereward|llava|python:module:function). `prefkit label stats DATASET` summarises;
     `prefkit label agreement DATASET --judge A --against B` measures a judge against other labels."""
     from prefkit.errors import PrefkitError
 

@@ -264,7 +264,7 @@ class LabelConfig:
     source: str = field(
         None,
         "Where labels come from: human (import --input files), annotate (the votes of `prefkit annotate`), "
-        "jpeg, shapes, aesthetic, pickscore, llava, or python:module:function (your scorer of (images, prompts) -> scores).",
+        "jpeg, shapes, aesthetic, pickscore, hps, imagereward, llava, or python:module:function (your scorer of (images, prompts) -> scores).",
         panel="Source",
     )
     input: list[str] = field(
@@ -293,7 +293,8 @@ class LabelConfig:
     )
     judge_model: str | None = field(
         None,
-        "Judge model: hub id or local folder (llava: llava-hf/llava-1.5-7b-hf; pairwise: llava-hf/llava-interleave-qwen-7b-hf).",
+        "Judge model: hub id or local folder (llava: llava-hf/llava-1.5-7b-hf; pairwise: llava-hf/llava-interleave-qwen-7b-hf; "
+        "hps: xswu/HPSv2; imagereward: THUDM/ImageReward).",
         panel="Judge",
         aliases=("--model",),
     )
@@ -301,11 +302,14 @@ class LabelConfig:
         None, "Hub revision of the judge model.", panel="Judge", aliases=("--revision",)
     )
     processor: str | None = field(
-        None, "Processor hub id or folder, where it differs from --judge-model (pickscore).", panel="Judge"
+        None,
+        "Processor hub id or folder, where it differs from --judge-model (pickscore; hps: the CLIP config and tokenizer; imagereward: the tokenizer).",
+        panel="Judge",
     )
     weights: str | None = field(
         None,
-        "Weights file of the judge's head (aesthetic: the LAION MLP, .pth or .safetensors).",
+        "Weights file of the judge (aesthetic: the LAION MLP, .pth or .safetensors; hps: HPS_v2.1_compressed.pt; "
+        "imagereward: ImageReward.pt).",
         panel="Judge",
     )
     method: str | None = field(
@@ -394,7 +398,7 @@ class LoopConfig:
     )
     source: str = field(
         "jpeg",
-        "Scorer of every round's samples: jpeg, aesthetic, pickscore, llava or python:module:function "
+        "Scorer of every round's samples: jpeg, aesthetic, pickscore, hps, imagereward, llava or python:module:function "
         "(its per-sample scores are the reward).",
         panel="Label",
     )
@@ -691,7 +695,7 @@ class EvalConfig:
     )
     source: str | None = field(
         None,
-        "The judge: any AI or rule source of prefkit label (jpeg, aesthetic, pickscore, llava, "
+        "The judge: any AI or rule source of prefkit label (jpeg, aesthetic, pickscore, hps, imagereward, llava, "
         "python:module:function). A scorer scores each image; a pairwise judge compares base with tuned.",
         panel="Judge",
     )

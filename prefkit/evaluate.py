@@ -200,7 +200,7 @@ def validate(cfg: EvalConfig) -> None:
     if not cfg.source:
         raise PrefkitError(
             "--source is required (the training pairs' judge could not be found or was human): the judge, "
-            "any AI or rule source of prefkit label (jpeg, shapes, aesthetic, pickscore, llava, "
+            "any AI or rule source of prefkit label (jpeg, shapes, aesthetic, pickscore, hps, imagereward, llava, "
             "python:module:function)"
         )
     from prefkit.label import source_kind

@@ -53,7 +53,7 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
         raise PrefkitError("DATASET is required: a folder written by `prefkit generate`")
     if not cfg.source:
         raise PrefkitError(
-            "--source is required: human (with --input), jpeg, shapes, aesthetic, pickscore, llava, python:..."
+            "--source is required: human (with --input), jpeg, shapes, aesthetic, pickscore, hps, imagereward, llava, python:..."
         )
     folder = Path(cfg.dataset).expanduser()
     if not folder.is_dir():

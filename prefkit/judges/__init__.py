@@ -59,7 +59,7 @@ class PairJudge(Protocol):
         None means no usable verdict (e.g. the two orders disagreed); details go into ``judge``."""
 
 
-AI_SOURCES = ("llava", "jpeg", "aesthetic", "pickscore", "shapes")
+AI_SOURCES = ("llava", "jpeg", "aesthetic", "pickscore", "hps", "imagereward", "shapes")
 
 
 def make_judge(options: JudgeOptions) -> Scorer | PairJudge:
@@ -77,6 +77,14 @@ def make_judge(options: JudgeOptions) -> Scorer | PairJudge:
         from prefkit.judges import clip
 
         return clip.AestheticScorer(options) if src == "aesthetic" else clip.PickScoreScorer(options)
+    if src == "hps":
+        from prefkit.judges.hps import HPSScorer
+
+        return HPSScorer(options)
+    if src == "imagereward":
+        from prefkit.judges.imagereward import ImageRewardScorer
+
+        return ImageRewardScorer(options)
     if src == "llava":
         from prefkit.judges.llava import make_llava_judge
 

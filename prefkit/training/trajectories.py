@@ -243,7 +243,7 @@ def load_scored_samples(folder: Path, cfg, groups_per_shard: int) -> tuple[list[
         raise PrefkitError(
             f"{paths['scores']}: no such file: label set {name!r} (source {source}) holds pairs only, no "
             f"per-sample scores; --objective {cfg.objective} needs a scorer's label set "
-            "(`prefkit label DATASET --source jpeg|aesthetic|pickscore|llava|python:module:function`)"
+            "(`prefkit label DATASET --source jpeg|aesthetic|pickscore|hps|imagereward|llava|python:module:function`)"
         )
     samples = dataset_samples(folder)
     records = read_scores(folder, name, samples)  # each checked against the schema and the dataset

@@ -1,7 +1,7 @@
 """ddpo: DDPO's clipped importance-sampled policy gradient on per-sample scores (docs/math.md section 8).
 
 Data. A training item is one scored sample of the label set's ``NAME.scores.jsonl`` (a scorer wrote it:
-jpeg, aesthetic, pickscore, llava, python:module:function). Its advantage is the score normalised per
+jpeg, aesthetic, pickscore, hps, imagereward, llava, python:module:function). Its advantage is the score normalised per
 prompt (losses.per_prompt_advantages: DDPO's per-prompt stat tracker over the dataset) and clipped to
 +-adv_clip. Items are ordered, batched and split over processes exactly as pairs are (prefkit.training.engine);
 each sample's trained steps are the first max(1, int(K * timestep_fraction)) of a permutation seeded by
