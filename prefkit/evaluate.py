@@ -703,7 +703,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
     # 4. statistics and outputs --------------------------------------------------------------------------
     summary = summarize(rows, scored=not pairwise, kl=cfg.kl)
-    summary["image_stats"] = compare(stats_base, stats_tuned)
+    summary["image_stats"] = compare(stats_base, stats_tuned, [r["group"] for r in rows])
     summary["gold"] = None
     if gold_judge is not None:
         gold_info = {
