@@ -657,9 +657,17 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             )
             gold = [(None, None, None, None)] * len(batch)
             if gold_judge is not None:
-                gold = judge_batch(
-                    gold_judge, gold_pairwise, base.images, tuned.images, batch_prompts, cfg.judge_batch_size
-                )
+                try:
+                    gold = judge_batch(
+                        gold_judge,
+                        gold_pairwise,
+                        base.images,
+                        tuned.images,
+                        batch_prompts,
+                        cfg.judge_batch_size,
+                    )
+                except PrefkitError as e:
+                    raise PrefkitError(f"the gold judge (--gold {cfg.gold}): {e}") from e
             seconds["sampling"] += t1 - t0
             seconds["kl"] += t2 - t1
             seconds["judging"] += time.perf_counter() - t2

@@ -611,6 +611,11 @@ def test_gold_judge_on_an_untrained_lora(zero_lora, tiny_models, cli, tmp_path):
         (["--gold", "human"], "--gold human"),
         (["--gold", "nosuchjudge"], "nosuchjudge"),
         (["--gold", "jpeg", "--gold-tie-margin", -1], "--gold-tie-margin -1"),
+        (
+            ["--gold", "jpeg", "--gold-method", "nosuchmethod"],
+            "the gold judge (--gold and its --gold-* options)",
+        ),
+        (["--gold", "shapes", "--prompt", "a photo of a cat"], "the gold judge (--gold shapes)"),
     ):
         res = cli([*base, "--out", tmp_path / "bad", *args])
         assert res.exit_code == 2 and needle in res.output, res.output
