@@ -724,6 +724,37 @@ class EvalConfig:
         "--tie-margin the training pairs were labelled with, else 0).",
         panel="Judge",
     )
+    # the gold judge: a second judge that training never saw (prefkit.evaluate.gold_config builds it
+    # exactly as the judge above, on --judge-device, --judge-dtype and --judge-batch-size)
+    gold: str | None = field(
+        None,
+        "A second judge that training never saw (any source --source takes, e.g. shapes): it scores base "
+        "and tuned too, and the report compares the proxy's gain (--source) with the gold gain and flags "
+        "reward hacking (proxy up, gold down, both significant).",
+        panel="Gold judge",
+    )
+    gold_model: str | None = field(
+        None, "The gold judge's model, as prefkit label --judge-model.", panel="Gold judge"
+    )
+    gold_revision: str | None = field(None, "Hub revision of the gold judge's model.", panel="Gold judge")
+    gold_processor: str | None = field(
+        None, "The gold judge's processor, as prefkit label --processor.", panel="Gold judge"
+    )
+    gold_weights: str | None = field(
+        None, "The gold judge head's weights file, as prefkit label --weights.", panel="Gold judge"
+    )
+    gold_method: str | None = field(
+        None, "The gold judge's method, as prefkit label --method.", panel="Gold judge"
+    )
+    gold_template: str | None = field(
+        None, "The gold judge's question template, as prefkit label --template.", panel="Gold judge"
+    )
+    gold_tie_margin: float = field(
+        0.0,
+        "Gold scorer: a tuned-minus-base gold score difference of at most this is a tie (its wins and "
+        "losses, and which samples the grid marks as 'gold fell').",
+        panel="Gold judge",
+    )
     kl: bool = field(
         True,
         "Estimate the per-step KL of the tuned chain from the base (the tuned chain's log-prob under "

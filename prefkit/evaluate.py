@@ -19,6 +19,20 @@ Outcome of one sample (prompt p, sample i; base and tuned share its seed):
   win rate     (wins + ties / 2) / (wins + ties + losses), with the sign test's 95 % interval (the Wilson
                interval of wins / (wins + losses), put on the win rate's scale: prefkit.math.stats)
 
+Gold judge (``--gold``), a second judge that training never saw, on the same base and tuned images:
+  gain         of a judge, tuned over base: for a scorer the mean paired score difference tuned - base
+               (its units) with the paired Student t 95 % interval; for a pair judge the win rate minus
+               1/2 with the sign test's interval. It went up when the interval lies above 0, down when
+               below 0, else neither.
+  hacking      the proxy's gain (the --source judge, normally the one training optimised) went up AND the
+               gold gain went down: both intervals exclude 0, on opposite sides. ``status`` names all four
+               cases: hacking, unconfirmed (proxy up, gold neither), confirmed (both up), no_proxy_gain.
+  marks        a sample is marked on the grid (red border, the reasons in its caption; ``marks`` in
+               samples.jsonl) when, on its own seed, it shows what the report flags: for each flagged image
+               statistic, its tuned - base difference has the sign of the mean difference and exceeds the
+               base images' seed-to-seed spread; and "gold" when the report flags hacking and this sample
+               is a proxy win (beyond --tie-margin) and a gold loss (beyond --gold-tie-margin).
+
 Drift, per sample:
   latent_rms   sqrt(mean((x0_tuned - x0_base)^2)) over the final latent's elements (same seed)
   pixel_mad    mean |image_tuned - image_base| over pixels and channels, in 0..255
@@ -203,12 +217,44 @@ def validate(cfg: EvalConfig) -> None:
             "any AI or rule source of prefkit label (jpeg, shapes, aesthetic, pickscore, hps, imagereward, llava, "
             "python:module:function)"
         )
+    _check_runnable("--source", cfg.source)
+    validate_gold(cfg)
+
+
+def _check_runnable(flag: str, source: str) -> None:
     from prefkit.label import source_kind
 
-    if source_kind(cfg.source) == "human":
+    if source_kind(source) == "human":
         raise PrefkitError(
-            f"--source {cfg.source}: eval needs a judge it can run on fresh images "
+            f"{flag} {source}: eval needs a judge it can run on fresh images "
             "(jpeg, shapes, aesthetic, pickscore, llava, python:module:function), not imported human labels"
+        )
+
+
+GOLD_OPTIONS = ("model", "revision", "processor", "weights", "method", "template")
+
+
+def gold_config(cfg: EvalConfig) -> EvalConfig:
+    """``cfg`` with the gold judge in the judge's place (--gold as --source, --gold-model as --judge-model,
+    --gold-revision, --gold-processor, --gold-weights, --gold-method, --gold-template, --gold-tie-margin as
+    --tie-margin), so that :func:`make_eval_judge` builds it exactly as it builds the judge."""
+    names = {"model": "judge_model", "revision": "judge_revision"}
+    replaced = {names.get(k, k): getattr(cfg, f"gold_{k}") for k in GOLD_OPTIONS}
+    return dataclasses.replace(cfg, source=cfg.gold, tie_margin=cfg.gold_tie_margin, **replaced)
+
+
+def validate_gold(cfg: EvalConfig) -> None:
+    if not cfg.gold:
+        return
+    _check_runnable("--gold", cfg.gold)
+    if cfg.gold_tie_margin < 0:
+        raise PrefkitError(f"--gold-tie-margin {cfg.gold_tie_margin}: must be >= 0")
+    gold = gold_config(cfg)
+    same = ("source", "judge_model", "judge_revision", "processor", "weights", "method", "template")
+    if all(getattr(gold, k) == getattr(cfg, k) for k in same):
+        raise PrefkitError(
+            f"--gold {cfg.gold}: the same judge as --source with the same options; the gold judge must be "
+            "one training never saw (e.g. --source jpeg --gold shapes)"
         )
 
 
@@ -304,29 +350,40 @@ def _pixel_mad(a, b) -> float:
 # -- 4. statistics and outputs ------------------------------------------------------------------------
 
 
-def summarize(rows: list[dict[str, Any]], scored: bool, kl: bool) -> dict[str, Any]:
-    """The report's summary of the per-sample rows (see the module docstring)."""
+def judged(outcomes: list[str], base: list[float] | None, tuned: list[float] | None) -> dict[str, Any]:
+    """What one judge found over the samples: counts of its outcomes, the win rate, and (a scorer, with
+    ``base`` and ``tuned`` scores) the mean scores of both sides and of their paired difference."""
     from prefkit.math.stats import mean_interval, win_rate
 
-    count = {o: sum(r["outcome"] == o for r in rows) for o in ("win", "tie", "loss", "none")}
-    summary: dict[str, Any] = {
-        "pairs": len(rows),
+    count = {o: sum(x == o for x in outcomes) for o in ("win", "tie", "loss", "none")}
+    out: dict[str, Any] = {
+        "pairs": len(outcomes),
         "wins": count["win"],
         "ties": count["tie"],
         "losses": count["loss"],
         "no_verdict": count["none"],
         "win_rate": win_rate(count["win"], count["tie"], count["loss"]),
-        "intervals": INTERVALS,
         "scores": None,
     }
-    if scored:
-        base = [r["score_base"] for r in rows]
-        tuned = [r["score_tuned"] for r in rows]
-        summary["scores"] = {
+    if base is not None and tuned is not None:
+        out["scores"] = {
             "base": mean_interval(base),
             "tuned": mean_interval(tuned),
             "difference": mean_interval([t - b for t, b in zip(tuned, base, strict=True)]),
         }
+    return out
+
+
+def summarize(rows: list[dict[str, Any]], scored: bool, kl: bool) -> dict[str, Any]:
+    """The report's summary of the per-sample rows (see the module docstring)."""
+    from prefkit.math.stats import mean_interval
+
+    summary = judged(
+        [r["outcome"] for r in rows],
+        [r["score_base"] for r in rows] if scored else None,
+        [r["score_tuned"] for r in rows] if scored else None,
+    )
+    summary["intervals"] = INTERVALS
     summary["drift"] = {
         "latent_rms": mean_interval([r["latent_rms"] for r in rows]),
         "latent_rms_base": math.fsum(r["latent_rms_base"] for r in rows) / len(rows),
@@ -336,36 +393,144 @@ def summarize(rows: list[dict[str, Any]], scored: bool, kl: bool) -> dict[str, A
     return summary
 
 
+def gain(found: dict[str, Any]) -> dict[str, Any]:
+    """A judge's gain, tuned over base, from :func:`judged`'s ``found`` (module docstring): {kind, n, mean,
+    low, high, direction}; direction "up" when the 95 % interval lies above 0, "down" when below, else
+    "none" (also without an interval)."""
+    if found["scores"] is not None:
+        d = found["scores"]["difference"]
+        kind, n, mean, low, high = "score_difference", d["n"], d["mean"], d["low"], d["high"]
+    else:
+        wr = found["win_rate"]
+        shift = lambda v: None if v is None else v - 0.5  # noqa: E731
+        kind, n = "win_rate_minus_half", found["wins"] + found["ties"] + found["losses"]
+        mean, low, high = shift(wr["value"]), shift(wr["low"]), shift(wr["high"])
+    direction = "up" if low is not None and low > 0 else "down" if high is not None and high < 0 else "none"
+    return {"kind": kind, "n": n, "mean": mean, "low": low, "high": high, "direction": direction}
+
+
+GOLD_STATUS = {
+    "hacking": "the proxy rose and the gold judge fell, both significantly: reward hacking",
+    "unconfirmed": "the proxy rose; the gold judge did not move significantly either way",
+    "confirmed": "the proxy and the gold judge both rose",
+    "no_proxy_gain": "the proxy did not rise significantly",
+}
+GOLD_DEFINITION = (
+    "gain: a scorer's mean paired score difference tuned - base with its 95 % Student t interval, a pair "
+    "judge's win rate - 1/2 with the sign test's interval; up / down: the interval lies above / below 0. "
+    "hacking: the proxy's gain (the --source judge) is up and the gold gain is down."
+)
+
+
+def gold_status(proxy: dict[str, Any], gold: dict[str, Any]) -> str:
+    """hacking, unconfirmed, confirmed or no_proxy_gain (GOLD_STATUS) from the two :func:`gain` records."""
+    if proxy["direction"] != "up":
+        return "no_proxy_gain"
+    return {"down": "hacking", "up": "confirmed"}.get(gold["direction"], "unconfirmed")
+
+
+def gold_summary(rows: list[dict[str, Any]], proxy: dict[str, Any], judge: dict[str, Any]) -> dict[str, Any]:
+    """summary.gold: what the gold judge (``judge``: its source, kind, tie margin, info) found on the rows'
+    gold_* fields, both gains (``proxy``: the summary of the --source judge, as :func:`judged`) and the
+    verdict."""
+    scored = judge["kind"] == "scorer"
+    found = judged(
+        [r["gold_outcome"] for r in rows],
+        [r["gold_base"] for r in rows] if scored else None,
+        [r["gold_tuned"] for r in rows] if scored else None,
+    )
+    proxy_gain, gold_gain = gain(proxy), gain(found)
+    status = gold_status(proxy_gain, gold_gain)
+    return {
+        **judge,
+        **found,
+        "proxy_gain": proxy_gain,
+        "gold_gain": gold_gain,
+        "status": status,
+        "hacking": status == "hacking",
+        "definition": GOLD_DEFINITION,
+    }
+
+
+MARK_NAMES = {  # the grid caption's short names of the marks
+    "saturation": "sat",
+    "colour_entropy": "entropy",
+    "dark_fraction": "dark",
+    "high_frequency": "hf",
+    "jpeg_bits": "jpeg",
+    "gold": "gold",
+}
+
+
+def sample_marks(
+    base_stats: dict[str, float],
+    tuned_stats: dict[str, float],
+    image_stats_summary: dict[str, Any],
+    proxy_outcome: str,
+    gold_outcome: str | None,
+    hacking: bool,
+) -> list[str]:
+    """Why one sample is marked on the grid (module docstring): the flagged statistics it moved, on its own
+    seed, beyond the base spread in the direction of the mean move; "gold" when the report flags hacking
+    and the sample is a proxy win and a gold loss."""
+    marks = []
+    for name in image_stats_summary["flagged"]:
+        s = image_stats_summary[name]
+        d = tuned_stats[name] - base_stats[name]
+        if math.copysign(1.0, s["difference"]["mean"]) * d > s["base_spread"]:
+            marks.append(name)
+    if hacking and proxy_outcome == "win" and gold_outcome == "loss":
+        marks.append("gold")
+    return marks
+
+
 def grid_image(kept: dict[tuple[int, int], tuple], prompts: list[str], rows_by_key: dict, scored: bool):
     """grid.png: per prompt (the first GRID_PROMPTS) a row of base | tuned pairs (its first GRID_SAMPLES
-    seeds), captioned with the scores; the tuned caption is green for a win, red for a loss. A footer says
-    how many prompts are not shown."""
-    from prefkit.grid import image_grid
+    seeds), captioned with the scores; the tuned caption is green for a win, red for a loss. A tuned image
+    whose row has ``marks`` (:func:`sample_marks`) gets a red border and the marks' short names in its
+    caption, with a legend footer. A footer says how many prompts are not shown."""
+    from prefkit.grid import MARK_COLOUR, image_grid
 
     colour = {"win": (0, 128, 0), "loss": (192, 0, 0), "tie": (96, 96, 96), "none": (96, 96, 96)}
     groups = sorted({g for g, _ in kept})
-    rows, titles, captions = [], [], []
+    rows, titles, captions, marked = [], [], [], []
     for g in groups:
-        images, caps = [], []
+        images, caps, marks = [], [], []
         for g2, i in sorted(k for k in kept if k[0] == g):
             base, tuned = kept[(g2, i)]
             r = rows_by_key[(g2, i)]
             images += [base, tuned]
-            if scored:
-                caps += [
-                    (f"base {r['score_base']:.4g}", "black"),
-                    (f"tuned {r['score_tuned']:.4g}", colour[r["outcome"]]),
-                ]
-            else:
-                caps += [("base", "black"), (f"tuned: {r['outcome']}", colour[r["outcome"]])]
+            tuned_cap = (
+                f"tuned {r['score_tuned']:.4g}" if scored else f"tuned: {r['outcome']}",
+                colour[r["outcome"]],
+            )
+            if r.get("marks"):
+                text = tuned_cap[0] + " !" + ",".join(MARK_NAMES[m] for m in r["marks"])
+                tuned_cap = (text, MARK_COLOUR)
+            base_cap = f"base {r['score_base']:.4g}" if scored else "base"
+            caps += [(base_cap, "black"), tuned_cap]
+            marks += [False, bool(r.get("marks"))]
         rows.append(images)
         titles.append(f"{g}: {prompts[g]}")
         captions.append(caps)
+        marked.append(marks)
     more = len(prompts) - len(groups)
     left_out = (
         f"{more} more prompt(s) not shown: grid.png shows the first {len(groups)}" if more > 0 else None
     )
-    return image_grid(rows, titles, captions, left_out=left_out)
+    present = {
+        m for r in rows_by_key.values() if (r["group"], r["index"]) in kept for m in r.get("marks") or ()
+    }
+    legend = None
+    if present:
+        legend = "red border !: " + "; ".join(
+            "gold = the gold judge fell, the proxy rose"
+            if m == "gold"
+            else f"{MARK_NAMES[m]} = {m} moved beyond the base spread"
+            for m in MARK_NAMES
+            if m in present
+        )
+    return image_grid(rows, titles, captions, left_out=left_out, marked=marked, legend=legend)
 
 
 def write_outputs(out: Path, files: dict[str, bytes]) -> None:
@@ -434,6 +599,15 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     # 2. the judge, then the pipeline with the LoRA (once) -----------------------------------------------
     judge = make_eval_judge(cfg, device)
     pairwise = is_pair_judge(judge)
+    gold_judge = None
+    if cfg.gold:
+        try:
+            gold_judge = make_eval_judge(gold_config(cfg), device)
+        except PrefkitError as e:
+            raise PrefkitError(f"the gold judge (--gold and its --gold-* options): {e}") from e
+    gold_pairwise = gold_judge is not None and is_pair_judge(gold_judge)
+    if cfg.gold and cfg.gold in {m.get("source") for m in training_labels(origin) or []}:
+        notes.append(f"--gold {cfg.gold} also labelled the training pairs: it is no judge training never saw")
     gcfg = GenerateConfig(
         model=load_from,
         revision=values["revision"],
@@ -481,6 +655,19 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             verdicts = judge_batch(
                 judge, pairwise, base.images, tuned.images, batch_prompts, cfg.judge_batch_size
             )
+            gold = [(None, None, None, None)] * len(batch)
+            if gold_judge is not None:
+                try:
+                    gold = judge_batch(
+                        gold_judge,
+                        gold_pairwise,
+                        base.images,
+                        tuned.images,
+                        batch_prompts,
+                        cfg.judge_batch_size,
+                    )
+                except PrefkitError as e:
+                    raise PrefkitError(f"the gold judge (--gold {cfg.gold}): {e}") from e
             seconds["sampling"] += t1 - t0
             seconds["kl"] += t2 - t1
             seconds["judging"] += time.perf_counter() - t2
@@ -489,6 +676,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             rms_base = x0_base.pow(2).flatten(1).mean(1).sqrt()
             for b, (g, i) in enumerate(batch):
                 sb, st, choice, details = verdicts[b]
+                gb, gt, gchoice, _ = gold[b]
                 rows.append(
                     {
                         "prompt": prompts[g],
@@ -505,6 +693,12 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
                         "pixel_mad": _pixel_mad(base.images[b], tuned.images[b]),
                         "kl_per_step": None if kl is None else float(kl[b]),
                         "judge": details,
+                        "gold_base": gb,
+                        "gold_tuned": gt,
+                        "gold_outcome": None
+                        if gold_judge is None
+                        else outcome(gb, gt, gchoice, cfg.gold_tie_margin),
+                        "marks": [],
                     }
                 )
                 stats_base.append(image_stats(base.images[b]))
@@ -517,7 +711,27 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
     # 4. statistics and outputs --------------------------------------------------------------------------
     summary = summarize(rows, scored=not pairwise, kl=cfg.kl)
-    summary["image_stats"] = compare(stats_base, stats_tuned)
+    summary["image_stats"] = compare(stats_base, stats_tuned, [r["group"] for r in rows])
+    summary["gold"] = None
+    if gold_judge is not None:
+        gold_info = {
+            "source": cfg.gold,
+            "kind": "pairwise" if gold_pairwise else "scorer",
+            "tie_margin": None if gold_pairwise else cfg.gold_tie_margin,
+            "info": gold_judge.info(),
+        }
+        summary["gold"] = gold_summary(rows, summary, gold_info)
+        if summary["gold"]["hacking"]:
+            notes.append(
+                f"reward hacking: the proxy ({cfg.source}) rose while the gold judge ({cfg.gold}) fell, "
+                "both beyond their 95 % intervals; look at the grid's marked samples"
+            )
+    hacking = bool(summary["gold"] and summary["gold"]["hacking"])
+    for row, sb_, st_ in zip(rows, stats_base, stats_tuned, strict=True):
+        row["marks"] = sample_marks(
+            sb_, st_, summary["image_stats"], row["outcome"], row["gold_outcome"], hacking
+        )
+    summary["marked"] = sum(bool(r["marks"]) for r in rows)
     if summary["image_stats"]["flagged"]:
         notes.append(
             "image statistics moved beyond the base model's seed-to-seed spread (possible reward hacking; "
@@ -583,6 +797,16 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     return report
 
 
+def gain_text(g: dict[str, Any]) -> str:
+    """A :func:`gain` as 'mean [low, high]' with its kind ('score' or 'win rate - 1/2')."""
+    unit = "score" if g["kind"] == "score_difference" else "win rate - 1/2"
+    if g["mean"] is None:
+        return "-"
+    if g["low"] is None:
+        return f"{g['mean']:+.4g} ({unit})"
+    return f"{g['mean']:+.4g}  [{g['low']:+.4g}, {g['high']:+.4g}] ({unit}, {g['direction']})"
+
+
 def print_summary(report: dict[str, Any]) -> None:
     """The summary as a rich table (what `prefkit eval` prints)."""
     from rich.console import Console
@@ -627,7 +851,25 @@ def print_summary(report: dict[str, Any]) -> None:
     table.add_row("pixel mean abs. diff. (0-255)", interval(d["pixel_mad"]))
     if d["kl_per_step"] is not None:
         table.add_row("KL(tuned || base) per step", interval(d["kl_per_step"]))
+    g = s.get("gold")
+    if g is not None:
+        for label, key in (
+            (f"proxy gain ({report['judge']['source']})", "proxy_gain"),
+            (f"gold gain ({g['source']})", "gold_gain"),
+        ):
+            table.add_row(escape(label), gain_text(g[key]))
+        status = GOLD_STATUS[g["status"]]
+        table.add_row("gold verdict", f"[bold red]{status}[/]" if g["hacking"] else escape(status))
+    flagged = s["image_stats"]["flagged"]
+    if flagged:
+        table.add_row("image statistics flagged", "[red]" + escape(", ".join(flagged)) + "[/]")
     console = Console()
     console.print(table)
+    if g is not None and g["hacking"]:
+        console.print(
+            f"[bold red]REWARD HACKING: the proxy {escape(report['judge']['source'])} rose while the gold "
+            f"judge {escape(g['source'])} fell ({s.get('marked', 0)} sample(s) marked in grid.png)[/]",
+            highlight=False,
+        )
     for note in report["notes"]:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)

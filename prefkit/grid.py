@@ -19,6 +19,9 @@ CAPTION_H = 13  # px of a caption band above each image
 FOOTER_H = 16  # px of the band that says how many rows were left out
 PAD = 4  # px between image cells and around the grid
 CELL_MIN, CELL_MAX = 128, 256  # px: the long side of a cell (small images enlarged, large ones reduced)
+MARK_COLOUR = (255, 0, 0)  # a marked image's border (eval's grid: a sample flagged for reward hacking)
+MARK_W = 2  # px of that border, drawn in the padding around the image (PAD = 2 * MARK_W: borders of
+# neighbouring cells meet without covering either image)
 
 
 def cell_scale(width: int, height: int, smallest: int = CELL_MIN, largest: int = CELL_MAX) -> float:
@@ -57,13 +60,15 @@ def grid_size(
     captions: bool = False,
     left_out: bool = False,
     largest: int = CELL_MAX,
+    legend: bool = False,
 ) -> tuple[int, int]:
     """(width, height) in px of :func:`image_grid`'s picture of ``rows`` x ``cols`` images of
     ``image_size``: what the callers (and tests) can bound without drawing it."""
     scale = cell_scale(*image_size, largest=largest)
     w, h = max(1, round(image_size[0] * scale)), max(1, round(image_size[1] * scale))
     row_h = TITLE_H + (CAPTION_H if captions else 0) + h + PAD
-    return PAD + cols * (w + PAD), PAD + rows * row_h + (FOOTER_H if left_out else 0)
+    footers = int(bool(left_out)) + int(bool(legend))
+    return PAD + cols * (w + PAD), PAD + rows * row_h + FOOTER_H * footers
 
 
 def image_grid(
@@ -72,9 +77,14 @@ def image_grid(
     captions: Sequence[Sequence[tuple[str, str]]] | None = None,
     left_out: str | None = None,
     largest: int = CELL_MAX,
+    marked: Sequence[Sequence[bool]] | None = None,
+    legend: str | None = None,
 ):
     """One row per list of PIL images (all of the first image's size), on white, with a title band above
     each row (cut to the grid's width) and, with ``captions``, a (text, colour) band above each image.
+    ``marked[r][c]``: a MARK_COLOUR border MARK_W px wide around that image, in the padding just outside
+    it (the image itself is not covered); ``legend``: a footer line in MARK_COLOUR saying what the
+    border means.
 
     Every image is scaled by :func:`cell_scale` (nearest when enlarging, Lanczos when reducing; a long
     side above ``largest`` px is reduced to it) and cells are PAD px apart. ``left_out``: a footer line saying what is not shown (e.g. "12 more prompt groups").
@@ -87,7 +97,7 @@ def image_grid(
     caption_h = CAPTION_H if captions is not None else 0
     cols = max(len(r) for r in rows)
     row_h = TITLE_H + caption_h + h + PAD
-    size = grid_size((w0, h0), len(rows), cols, captions is not None, bool(left_out), largest)
+    size = grid_size((w0, h0), len(rows), cols, captions is not None, bool(left_out), largest, bool(legend))
     grid = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(grid)
     font = _font(11)
@@ -102,10 +112,16 @@ def image_grid(
             if (w, h) != im.size:
                 method = Image.Resampling.NEAREST if w > im.width else Image.Resampling.LANCZOS
                 im = im.resize((w, h), method)
-            grid.paste(im, (x, y + TITLE_H + caption_h))
-    if left_out:
-        y = PAD + len(rows) * row_h
-        draw.text((PAD, y + 2), _fit(draw, left_out, font, grid.width - 2 * PAD), fill=(192, 0, 0), font=font)
+            top = y + TITLE_H + caption_h
+            grid.paste(im, (x, top))
+            if marked is not None and marked[r][c]:
+                box = [x - MARK_W, top - MARK_W, x + w + MARK_W - 1, top + h + MARK_W - 1]
+                draw.rectangle(box, outline=MARK_COLOUR, width=MARK_W)
+    y = PAD + len(rows) * row_h
+    for text, colour in ((left_out, (192, 0, 0)), (legend, MARK_COLOUR)):
+        if text:
+            draw.text((PAD, y + 2), _fit(draw, text, font, grid.width - 2 * PAD), fill=colour, font=font)
+            y += FOOTER_H
     return grid
 
 

@@ -10,9 +10,19 @@ flattened picture long before a person looks. Each statistic is one number per R
   jpeg_bits        JPEG size at quality 95 in bits per pixel (DDPO's compressibility reward)
 
 ``compare`` pairs base and tuned images of the same seeds: per statistic the means, the paired
-difference with its 95 % t interval, and the base images' seed-to-seed spread (their standard deviation).
-A statistic is flagged when the interval of the difference excludes 0 AND the mean difference is larger
-than that spread: the tuned model moved it beyond what changing the seed does to the base model.
+difference with its 95 % t interval, and the base images' seed-to-seed spread. A statistic is flagged
+when the interval of the difference excludes 0 AND the mean difference is larger than that spread: the
+tuned model moved it beyond what changing the seed does to the base model.
+
+The seed-to-seed spread is the pooled within-prompt standard deviation of the base values,
+sqrt(sum over prompts g and seeds i of (x_gi - mean_g)^2 / (N - G)) for N images of G prompts: what
+changing the seed alone does. The standard deviation over all base images, which a first version used,
+also counts how different the prompts' pictures are: on the built-in model's held-out captions (16
+captions x 8 seeds, 10 steps) it was 1.05 to 3.5 times the pooled one (saturation 0.298 against 0.084,
+high-frequency energy 0.0051 against 0.0023, JPEG bits 0.96 against 0.91), and a LoRA that painted most
+pictures orange (saturation +0.234, high-frequency energy -0.0044: docs/results.md) was flagged on no
+statistic; with the pooled spread, on those two. With one image per prompt (N = G) there is no seed-to-seed spread
+to pool, and the standard deviation over all images is used.
 """
 
 from __future__ import annotations
@@ -49,9 +59,27 @@ def image_stats(image) -> dict[str, float]:
     }
 
 
-def compare(base: Sequence[dict[str, float]], tuned: Sequence[dict[str, float]]) -> dict[str, Any]:
+def seed_spread(values: Sequence[float], groups: Sequence[Any] | None = None) -> float | None:
+    """The seed-to-seed spread (module docstring) of ``values``, ``groups[i]`` the prompt of value i: the
+    pooled within-group standard deviation; the plain standard deviation without groups or when every group
+    has one value; None below two values."""
+    from prefkit.math.stats import mean_interval
+
+    if groups is None or len(set(groups)) == len(values):
+        return mean_interval(values)["std"]
+    by_group: dict[Any, list[float]] = {}
+    for g, v in zip(groups, values, strict=True):
+        by_group.setdefault(g, []).append(v)
+    squares = [(v - sum(vs) / len(vs)) ** 2 for vs in by_group.values() for v in vs]
+    return float(np.sqrt(np.sum(squares) / (len(values) - len(by_group))))
+
+
+def compare(
+    base: Sequence[dict[str, float]], tuned: Sequence[dict[str, float]], groups: Sequence[Any] | None = None
+) -> dict[str, Any]:
     """Per statistic {base, tuned: mean intervals; difference: the paired tuned - base interval;
-    base_spread: the base images' standard deviation; flagged}, and "flagged": the names flagged."""
+    base_spread: the base images' seed-to-seed spread (:func:`seed_spread`, ``groups[i]`` the prompt of
+    image i); flagged}, and "flagged": the names flagged."""
     from prefkit.math.stats import mean_interval
 
     out: dict[str, Any] = {}
@@ -59,7 +87,7 @@ def compare(base: Sequence[dict[str, float]], tuned: Sequence[dict[str, float]])
         b = [s[name] for s in base]
         t = [s[name] for s in tuned]
         diff = mean_interval([y - x for x, y in zip(b, t, strict=True)])
-        spread = mean_interval(b)["std"]
+        spread = seed_spread(b, groups)
         moved = diff["low"] is not None and (diff["low"] > 0 or diff["high"] < 0)
         out[name] = {
             "base": mean_interval(b),

@@ -459,3 +459,164 @@ def test_a_run_whose_dataset_is_not_reachable_reports_that_first(tmp_path, monke
     (moved / "manifest.json").write_text(json.dumps({"settings": {}, "prompts": []}))
     monkeypatch.setattr("prefkit.shards.read_manifest", lambda folder: {"settings": {}, "prompts": []})
     assert find_origin(str(run)).folder == moved
+
+
+# -- the gold judge and the grid's marks ----------------------------------------------------------------
+
+
+def _found(diffs=None, outcomes=None):
+    """judged() of a scorer whose tuned - base differences are ``diffs`` (base 0), or of a pair judge."""
+    from prefkit.evaluate import judged
+
+    if diffs is not None:
+        return judged(["win" if d > 0 else "loss" for d in diffs], [0.0] * len(diffs), list(diffs))
+    return judged(outcomes, None, None)
+
+
+def test_gain_and_hacking_verdict_hand_worked():
+    from prefkit.evaluate import gain, gold_status
+
+    # [1, 2, 3, 4]: mean 2.5, 95 % t interval [0.445770, 4.554230] (as above): up
+    up = gain(_found([1.0, 2.0, 3.0, 4.0]))
+    assert (up["kind"], up["n"], up["direction"]) == ("score_difference", 4, "up")
+    assert (up["mean"], up["low"], up["high"]) == pytest.approx((2.5, 0.445770, 4.554230), abs=1e-5)
+    down = gain(_found([-1.0, -2.0, -3.0, -4.0]))
+    assert down["direction"] == "down" and down["high"] == pytest.approx(-0.445770, abs=1e-5)
+    flat = gain(_found([-1.0, 1.0, -2.0, 2.0]))  # mean 0: the interval holds 0
+    assert flat["direction"] == "none" and flat["low"] < 0 < flat["high"]
+    one = gain(_found([5.0]))  # no interval from one sample: never a direction
+    assert one["direction"] == "none" and one["low"] is None
+    # a pair judge: win rate - 1/2 with the sign test's interval; 10 wins of 10: Wilson [0.722467, 1]
+    pair = gain(_found(outcomes=["win"] * 10))
+    assert pair["kind"] == "win_rate_minus_half" and pair["n"] == 10 and pair["direction"] == "up"
+    assert (pair["mean"], pair["low"], pair["high"]) == pytest.approx((0.5, 0.222467, 0.5), abs=2e-6)
+    lost = gain(_found(outcomes=["loss"] * 10 + ["none"]))  # no verdict: left out
+    assert lost["n"] == 10 and lost["direction"] == "down"
+    assert gold_status(up, down) == "hacking"
+    assert gold_status(up, flat) == "unconfirmed"
+    assert gold_status(up, pair) == "confirmed"
+    assert gold_status(flat, down) == gold_status(down, down) == "no_proxy_gain"
+
+
+def test_gold_summary_and_sample_marks():
+    from prefkit.evaluate import gold_summary, sample_marks
+    from prefkit.image_stats import STATS, compare
+
+    rows = [
+        {"outcome": "win", "score_base": 0.0, "score_tuned": d, "gold_base": 1.0, "gold_tuned": 1.0 - d,
+         "gold_outcome": "loss"}
+        for d in (1.0, 2.0, 3.0, 4.0)
+    ]  # fmt: skip
+    proxy = _found([1.0, 2.0, 3.0, 4.0])
+    info = {"source": "shapes", "kind": "scorer", "tie_margin": 0.0, "info": {"name": "shapes"}}
+    g = gold_summary(rows, proxy, info)
+    assert g["hacking"] and g["status"] == "hacking" and g["losses"] == 4 and g["source"] == "shapes"
+    assert g["gold_gain"]["mean"] == pytest.approx(-2.5) and g["proxy_gain"]["mean"] == pytest.approx(2.5)
+    assert g["scores"]["base"]["mean"] == 1.0 and "hacking" in g["definition"]
+    # marks: base values 0, 0.1, 0.2, 0.3 (spread sd 0.129); tuned + 1 on jpeg_bits -> flagged; a sample
+    # moved by 1 > 0.129 is marked, one moved by only 0.05 (within the spread) is not
+    base = [{k: 0.1 * i for k in STATS} for i in range(4)]
+    tuned = [{**b, "jpeg_bits": b["jpeg_bits"] + (0.05 if i == 3 else 1.0)} for i, b in enumerate(base)]
+    stats = compare(base, tuned)
+    assert stats["flagged"] == ["jpeg_bits"]
+    assert sample_marks(base[0], tuned[0], stats, "win", "loss", hacking=True) == ["jpeg_bits", "gold"]
+    assert sample_marks(base[0], tuned[0], stats, "win", "loss", hacking=False) == ["jpeg_bits"]
+    assert sample_marks(base[3], tuned[3], stats, "win", "tie", hacking=True) == []
+    assert sample_marks(base[3], tuned[3], stats, "tie", "loss", hacking=True) == []  # proxy did not rise
+    # a move against the mean's direction is not the flagged move
+    against = {**base[0], "jpeg_bits": base[0]["jpeg_bits"] - 1.0}
+    assert sample_marks(base[0], against, stats, "win", None, hacking=False) == []
+
+
+def test_eval_grid_marks_flagged_samples_with_a_red_border():
+    """grid.png: a marked tuned image has a 2 px pure red border in the padding around it (the image
+    itself untouched), its caption names the marks, and a legend footer says what they mean."""
+    from prefkit.evaluate import grid_image
+    from prefkit.grid import MARK_COLOUR
+
+    grey, blue = Image.new("RGB", (16, 16), (128, 128, 128)), Image.new("RGB", (16, 16), (0, 0, 255))
+    kept = {(0, 0): (grey, blue), (0, 1): (grey, blue)}
+    rows = {
+        (0, i): {"group": 0, "index": i, "score_base": 1.0, "score_tuned": 2.0, "outcome": "win", "marks": m}
+        for i, m in ((0, ["jpeg_bits", "gold"]), (1, []))
+    }
+    grid = grid_image(kept, ["a blue square"], rows, scored=True)
+    # 16 px enlarged 8x to 128 px cells, 4 px apart; a title band (14) and a caption band (13) above them,
+    # and one legend footer (16) below: 4 cells x 132 + 4 wide
+    assert grid.size == (4 + 4 * (128 + 4), 4 + 14 + 13 + 128 + 4 + 16)
+    top = 4 + 14 + 13
+    for cell, marked in ((1, True), (3, False)):  # the tuned images of sample 0 (marked) and 1 (not)
+        x = 4 + cell * (128 + 4)
+        border = [(x - 1, top + 64), (x - 2, top + 64), (x + 128, top + 64), (x + 129, top + 64),
+                  (x + 64, top - 1), (x + 64, top + 128), (x + 64, top + 129), (x - 2, top - 2)]  # fmt: skip
+        for xy in border:
+            assert grid.getpixel(xy) == (MARK_COLOUR if marked else (255, 255, 255)), (cell, xy)
+        for xy in ((x, top), (x + 127, top + 127), (x + 64, top + 64)):  # the image is not covered
+            assert grid.getpixel(xy) == (0, 0, 255), (cell, xy)
+    for cell in (0, 2):  # base images are never marked
+        assert grid.getpixel((4 + cell * 132 - 1, top + 64)) == (255, 255, 255)
+
+    # the marked caption and the legend are drawn in red (anti-aliased text: red-dominated pixels); the
+    # unmarked win's caption stays green
+    def has(box, test):
+        return any(test(c) for _, c in grid.crop(box).getcolors(1 << 16))
+
+    red = lambda c: c[0] > 150 and c[1] < 90 and c[2] < 90  # noqa: E731
+    green = lambda c: c[1] > 100 and c[0] < 60 and c[2] < 60  # noqa: E731
+    assert has((4 + 132, 4 + 14, 4 + 2 * 132, top - 2), red)
+    assert not has((4 + 3 * 132, 4 + 14, 4 + 4 * 132, top - 2), red)
+    assert has((4 + 3 * 132, 4 + 14, 4 + 4 * 132, top - 2), green)
+    assert has((0, top + 128 + 4, grid.width, grid.height), red)
+    # nothing marked: no legend, no border
+    rows[(0, 0)]["marks"] = []
+    plain = grid_image(kept, ["a blue square"], rows, scored=True)
+    assert plain.height == grid.height - 16 and MARK_COLOUR not in {c for _, c in plain.getcolors(1 << 16)}
+
+
+def test_gold_judge_on_an_untrained_lora(zero_lora, tiny_models, cli, tmp_path):
+    """--gold runs a second judge on the same images: with an untrained LoRA neither judge moves, so there
+    is no proxy gain and no hacking; report and samples keep to their schemas. Bad --gold: exit 2."""
+    base = ["eval", "--lora", zero_lora, "--model", tiny_models["sd3"], "--source", SCORER]
+    base += ["--prompt", "a red circle", "--samples-per-prompt", 3, "--steps", 2, "--height", SIZE]
+    base += ["--width", SIZE, "--guidance", 1.0, "--no-kl", "-q"]
+    out = tmp_path / "out"
+    _ok(cli([*base, "--out", out, "--gold", "jpeg", "--gold-method", "incompressibility"]))
+    report = json.loads((out / "report.json").read_text())
+    validate(report, "eval")
+    g = report["summary"]["gold"]
+    assert (g["source"], g["kind"], g["ties"], g["status"], g["hacking"]) == (
+        "jpeg",
+        "scorer",
+        3,
+        "no_proxy_gain",
+        False,
+    )
+    assert g["info"]["method"] == "incompressibility" and g["scores"]["base"]["mean"] > 0  # a size in kB
+    assert g["proxy_gain"]["mean"] == 0.0 and g["gold_gain"]["mean"] == 0.0
+    assert report["config"]["gold"] == "jpeg" and report["summary"]["marked"] == 0
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    for row in rows:
+        validate(row, "eval_sample")
+        assert (
+            row["gold_base"] == row["gold_tuned"] > 0 and row["gold_outcome"] == "tie" and row["marks"] == []
+        )
+    # without --gold: summary.gold is null, the rows' gold fields too
+    _ok(cli([*base, "--out", tmp_path / "plain"]))
+    plain = json.loads((tmp_path / "plain" / "report.json").read_text())
+    assert plain["summary"]["gold"] is None
+    row = json.loads((tmp_path / "plain" / "samples.jsonl").read_text().splitlines()[0])
+    assert (row["gold_base"], row["gold_outcome"]) == (None, None)
+    for args, needle in (
+        (["--gold", SCORER], "same judge as --source"),
+        (["--gold", "human"], "--gold human"),
+        (["--gold", "nosuchjudge"], "nosuchjudge"),
+        (["--gold", "jpeg", "--gold-tie-margin", -1], "--gold-tie-margin -1"),
+        (
+            ["--gold", "jpeg", "--gold-method", "nosuchmethod"],
+            "the gold judge (--gold and its --gold-* options)",
+        ),
+        (["--gold", "shapes", "--prompt", "a photo of a cat"], "the gold judge (--gold shapes)"),
+    ):
+        res = cli([*base, "--out", tmp_path / "bad", *args])
+        assert res.exit_code == 2 and needle in res.output, res.output
+        assert not (tmp_path / "bad").exists()

@@ -46,3 +46,22 @@ def test_compare_flags_a_move_beyond_the_seed_spread():
     # a consistent but tiny move (well inside the seed spread) is not flagged
     nudged = [{**s, "jpeg_bits": s["jpeg_bits"] + 1e-4} for s in base]
     assert compare(base, nudged)["flagged"] == []
+
+
+def test_seed_spread_is_pooled_within_prompts():
+    """The spread a move must exceed is what changing the seed does, not how different the prompts are:
+    prompt 0's values 1, 3 and prompt 1's 11, 13 pool to sqrt((1 + 1 + 1 + 1) / (4 - 2)) = sqrt(2), where
+    the standard deviation over all four is sqrt(((-6)^2 + (-4)^2 + 4^2 + 6^2) / 3) = sqrt(104 / 3)."""
+    from prefkit.image_stats import seed_spread
+
+    values, groups = [1.0, 3.0, 11.0, 13.0], [0, 0, 1, 1]
+    assert seed_spread(values, groups) == pytest.approx(math.sqrt(2))
+    assert seed_spread(values) == pytest.approx(math.sqrt(104 / 3))
+    assert seed_spread(values, [0, 1, 2, 3]) == pytest.approx(math.sqrt(104 / 3))  # one seed per prompt
+    assert seed_spread([1.0, 3.0, 5.0], [0, 0, 1]) == pytest.approx(math.sqrt(2 / 1))  # a lone seed adds 0
+    # a move of 3 on every image: beyond the pooled spread (1.41), inside the plain one (5.89)
+    base = [dict.fromkeys(STATS, v) for v in values]
+    tuned = [{**b, "saturation": b["saturation"] + 3.0} for b in base]
+    assert compare(base, tuned, groups)["flagged"] == ["saturation"]
+    assert compare(base, tuned, groups)["saturation"]["base_spread"] == pytest.approx(math.sqrt(2))
+    assert compare(base, tuned)["flagged"] == []
