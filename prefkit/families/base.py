@@ -100,14 +100,20 @@ def load_pipeline(
     if without_text_encoders:
         index = DiffusionPipeline.load_config(path, revision=revision)
         skip = {k: None for k in index if k.startswith(("text_encoder", "tokenizer"))}
+    # on the CPU the weights are copied into aligned memory below (own_cpu_weights); reading the diffusers
+    # models' files instead of mapping them leaves no file mapping behind (a mapped file stays resident as
+    # long as one tensor points into it: 4 GiB of sd3-medium-random's transformer did, after the copy)
+    on_cpu = torch.device(device).type == "cpu"
     try:
-        pipe = DiffusionPipeline.from_pretrained(path, revision=revision, dtype=dtype, **skip)
+        pipe = DiffusionPipeline.from_pretrained(
+            path, revision=revision, dtype=dtype, disable_mmap=on_cpu, **skip
+        )
     except Exception as exc:  # noqa: BLE001 - any loading failure is reported the same way
         raise PrefkitError(f"--model {model!r}: could not load the pipeline: {exc}") from exc
     if lora is not None:
         load_lora(pipe, lora)
     device = torch.device(device)
-    if device.type == "cpu":
+    if on_cpu:
         device = torch.device("cpu")  # accelerate's multi-process CPU state says "cpu:0": the same memory
         # the LoRA's tensors too (a memory-mapped file as well); on a GPU, .to(device) copies anyway, and a
         # host copy first would double the host's peak memory for nothing
@@ -127,22 +133,26 @@ def own_cpu_weights(pipe) -> int:
     the last bit), so the same model computed differently depending on how it reached memory. With this
     copy every process, thread count and launch computes with the same layout; docs/results.md "What depends on the CPU".
     The cost, on the CPU only: the weights are resident from the start (a memory-mapped file is read
-    lazily), and while copying, the read file pages and the copies are both resident (sd15-random in
-    bfloat16: peak RSS 3,992 MiB during loading, 2,353 MiB after it; 419 MiB lazily mapped without it).
+    lazily), and while copying, the read file and the copies are both resident (sd3-medium-random in
+    bfloat16, its diffusers models read rather than mapped, see load_pipeline: peak RSS 8,745 MiB during
+    loading, 6,780 MiB after it).
     """
     import torch.nn as nn
 
-    copied = 0
+    copied, seen = 0, set()
     for component in pipe.components.values():
         if not isinstance(component, nn.Module):
             continue
         for module in component.modules():
             for table in (module._parameters, module._buffers):
                 for t in table.values():
-                    if t is None or t.device.type != "cpu":
+                    if t is None or t.device.type != "cpu" or id(t) in seen:
                         continue
-                    if t.untyped_storage().nbytes() == t.nbytes and t.data_ptr() % 64 == 0:
-                        continue  # already its own aligned allocation
+                    # every tensor, even one that fills its own storage at an aligned address: that storage
+                    # may still be the mapped file (safetensors gives some tensors a storage of their own
+                    # over the mapping), and one such tensor keeps the whole file mapped and resident
+                    # (sd3-medium-random: 198 of 1,654 tensors, 3.5 GiB of file pages after loading)
+                    seen.add(id(t))
                     # in place (.data): a weight shared by two modules (tied embeddings) stays shared
                     t.data = t.detach().clone(memory_format=torch.contiguous_format)
                     copied += 1
