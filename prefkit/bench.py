@@ -357,10 +357,10 @@ def bench_train(
     * shard read throughput: samples/s that ShardCache loads (tar read, npy decode of latents and
       log-probs, json) against the samples/s the stored run consumes (2 x pairs per step / step time).
 
-    ``--reference stored`` needs the stored log-probs to be the model's own: train recomputes a few and
-    refuses beyond a 1e-4 difference, which bfloat16 / float16 exceed (0.39 on sd15-random at 64 px in
-    bfloat16 on the CPU). The two stored figures are then reported as not measured, with that reason;
-    the live step time is reported next to the bare loop for scale, and read throughput is taken
+    ``--reference stored`` stands in for a recomputation only in float32 (prefkit/training/stored.py);
+    in a lower precision train uses the live reference instead, so below float32 (known from the
+    dataset's dtype, before anything runs) the two stored figures are reported as not measured, with that
+    reason; the live step time is reported next to the bare loop for scale, and read throughput is taken
     against the live run's consumption.
     """
     import tempfile
