@@ -463,3 +463,16 @@ def pad_prompt_embeds(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Ten
         ]
     ).to(pe.device)
     return pe, mask
+
+
+def encode_padded(family, prompts, negative_prompt) -> Conditioning:
+    """Conditioning of a family whose text encoder gives each prompt its own number of tokens (Qwen-Image,
+    Z-Image): one prompt at a time (``family._encode_cached``), the batch padded to its longest prompt with
+    a mask (None when all prompts have the same length: the pipelines pass no mask then either)."""
+    rows = [family._encode_cached(p)[0] for p in prompts]
+    pe, mask = pad_prompt_embeds(rows)
+    cond = Conditioning(prompt_embeds=pe, prompt_mask=mask)
+    if negative_prompt is not None:
+        neg = family._encode_cached(negative_prompt)[0]
+        cond.negative_prompt_embeds = neg.expand(len(prompts), *neg.shape[1:])
+    return cond

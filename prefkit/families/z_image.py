@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from prefkit.errors import PrefkitError
-from prefkit.families.base import Conditioning, batch_timesteps, pad_prompt_embeds
+from prefkit.families.base import batch_timesteps, encode_padded
 from prefkit.families.flow import FlowFamily
 
 #: ZImagePipeline's default ``max_sequence_length`` (text encoder padding; only real tokens are kept).
@@ -79,15 +79,7 @@ class ZImageFamily(FlowFamily):
 
     # -- prompts ------------------------------------------------------------------------------------
     def encode(self, prompts, negative_prompt):
-        """One prompt at a time (its own tokens); a batch is padded to its longest prompt with a mask
-        (None when all prompts have the same length)."""
-        rows = [self._encode_cached(p)[0] for p in prompts]
-        pe, mask = pad_prompt_embeds(rows)
-        cond = Conditioning(prompt_embeds=pe, prompt_mask=mask)
-        if negative_prompt is not None:
-            neg = self._encode_cached(negative_prompt)[0]
-            cond.negative_prompt_embeds = neg.expand(len(prompts), *neg.shape[1:])
-        return cond
+        return encode_padded(self, prompts, negative_prompt)  # each prompt its own tokens; padded, masked
 
     def _encode_one(self, prompt):
         with torch.no_grad():
